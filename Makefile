@@ -1,0 +1,45 @@
+# Every target that runs something calls `install` first: a fresh clone needs only `make serve`
+# or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU wheel of torch lies on this machine's disk; pinning it before the project keeps pip from
+# resolving a bare `torch` to a CUDA build of several GB.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install serve test lint typecheck pytest bench drill clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH_PIN)"
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/genvisor models make-tiny --if-missing
+	$(BIN)/genvisor serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check supervisor actors
+
+typecheck: install
+	$(BIN)/mypy supervisor actors
+
+pytest: install
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+drill: install
+	$(BIN)/python bench/drill.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,48 @@
+"""`genvisor` command line. Each sub-command lives in its own module that exposes
+`register(subparsers)`; the module list below is the whole CLI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from supervisor.exceptions import ConfigError, ServerUnavailable
+
+__all__ = ["main"]
+
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genvisor",
+        description="Fault-tolerant backend for local text-to-video generation.",
+    )
+    parser.add_argument("--config", help="a TOML settings file (overrides config/default.toml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"genvisor: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except ServerUnavailable as exc:
+        print(f"genvisor: {exc}. Start it with `genvisor serve`.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

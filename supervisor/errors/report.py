@@ -1,0 +1,119 @@
+"""ErrorReport: a failure captured as plain data.
+
+An ErrorReport is what crosses the worker-process boundary and what the categorizer reads.
+It never holds a live exception object: only names, text and numbers, so it round-trips
+through JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import time
+import traceback as traceback_module
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ErrorReport", "Stage", "qualified_name"]
+
+# Invariant: a traceback kept in a report is at most this many characters (its tail, where the
+# raising frame is), so a report stays small enough for an event and a journal row.
+MAX_TRACEBACK_CHARS = 8000
+MAX_MESSAGE_CHARS = 4000
+
+
+class Stage(StrEnum):
+    """Where in the product a failure happened."""
+
+    LOAD = "load"
+    ENCODE = "encode"
+    DENOISE = "denoise"
+    DECODE = "decode"
+    SAVE = "save"
+    DOWNLOAD = "download"
+    API = "api"
+    STARTUP = "startup"
+    WORKER = "worker"
+    UNKNOWN = "unknown"
+
+
+def qualified_name(cls: type) -> str:
+    """`module.QualName` of a class, with `builtins.` dropped (`MemoryError`, not `builtins.MemoryError`)."""
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+class ErrorReport(BaseModel):
+    """A failure as data. `exc_type` is the qualified name of the raised class and `mro` the
+    qualified names of its bases, most specific first (`object` omitted)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exc_type: str = Field(description="Qualified name of the exception class")
+    mro: tuple[str, ...] = Field(default=(), description="Qualified names of its classes")
+    message: str = ""
+    errno: int | None = None
+    errno_name: str | None = None
+    http_status: int | None = None
+    stage: Stage = Stage.UNKNOWN
+    device: str | None = None
+    job_id: str | None = None
+    traceback: str = ""
+    # Extra facts the raising side knows (signal number, exit code, file path, model name).
+    context: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    ts: float = Field(default_factory=time.time)
+
+    @classmethod
+    def from_exception(
+        cls,
+        exc: BaseException,
+        *,
+        stage: Stage = Stage.UNKNOWN,
+        device: str | None = None,
+        job_id: str | None = None,
+        context: dict[str, str | int | float | bool | None] | None = None,
+    ) -> ErrorReport:
+        mro = tuple(
+            qualified_name(k) for k in type(exc).__mro__ if k not in (object, BaseException)
+        )
+        err = getattr(exc, "errno", None)
+        err_no = err if isinstance(err, int) else None
+        status = _http_status(exc)
+        tb = "".join(traceback_module.format_exception(exc))
+        message = str(exc)
+        return cls(
+            exc_type=qualified_name(type(exc)),
+            mro=mro,
+            message=message[:MAX_MESSAGE_CHARS],
+            errno=err_no,
+            errno_name=errno_module.errorcode.get(err_no) if err_no is not None else None,
+            http_status=status,
+            stage=stage,
+            device=device,
+            job_id=job_id,
+            traceback=tb[-MAX_TRACEBACK_CHARS:],
+            context=dict(context or {}),
+        )
+
+    @classmethod
+    def from_text(cls, text: str, **fields: object) -> ErrorReport:
+        """A report made from error text alone (a pasted traceback's last line, a log line)."""
+        exc_type, _, message = text.partition(": ")
+        if not message or " " in exc_type.strip() or not exc_type.strip():
+            return cls(exc_type="", message=text.strip(), **fields)  # type: ignore[arg-type]
+        return cls(exc_type=exc_type.strip(), message=message.strip(), **fields)  # type: ignore[arg-type]
+
+    def has_type(self, name: str) -> bool:
+        """True when `name` (a qualified or bare class name) is the raised class or a base."""
+        names = (self.exc_type, *self.mro)
+        if "." in name:
+            return name in names
+        return any(n == name or n.endswith("." + name) for n in names)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None

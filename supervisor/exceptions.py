@@ -1,0 +1,108 @@
+"""The one exception hierarchy of genvisor. Every class takes its context as keyword arguments
+and keeps it as attributes, so handlers read facts rather than parse messages::
+
+    GenvisorError
+    ├── ConfigError(key=, value=, allowed=)
+    ├── InvalidTransition(state=, trigger=)
+    ├── ActorError(actor=)
+    │   ├── ActorNotRunning(actor=)
+    │   ├── MailboxFull(actor=, capacity=)
+    │   ├── AskTimeout(actor=, timeout=)
+    │   └── ActorCrashed(actor=, cause=)
+    ├── WorkerError(pid=)
+    │   ├── WorkerStartFailed(pid=, reason=)
+    │   └── ProtocolError(pid=, detail=)
+    └── ServerUnavailable(url=, reason=)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorCrashed",
+    "ActorError",
+    "ActorNotRunning",
+    "AskTimeout",
+    "ConfigError",
+    "GenvisorError",
+    "InvalidTransition",
+    "MailboxFull",
+    "ProtocolError",
+    "ServerUnavailable",
+    "WorkerError",
+    "WorkerStartFailed",
+]
+
+
+class GenvisorError(Exception):
+    """Base of every error genvisor raises on purpose."""
+
+
+class ConfigError(GenvisorError):
+    def __init__(self, *, key: str, value: object, allowed: str, source: str = "") -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"setting {key!r}{where}: {value!r} is not valid: {allowed}")
+
+
+class InvalidTransition(GenvisorError):
+    def __init__(self, *, state: str, trigger: str) -> None:
+        self.state = state
+        self.trigger = trigger
+        super().__init__(f"trigger {trigger!r} is not allowed in state {state!r}")
+
+
+class ActorError(GenvisorError):
+    def __init__(self, message: str, *, actor: str) -> None:
+        self.actor = actor
+        super().__init__(message)
+
+
+class ActorNotRunning(ActorError):
+    def __init__(self, *, actor: str) -> None:
+        super().__init__(f"actor {actor!r} is not running", actor=actor)
+
+
+class MailboxFull(ActorError):
+    def __init__(self, *, actor: str, capacity: int) -> None:
+        self.capacity = capacity
+        super().__init__(f"mailbox of actor {actor!r} is full ({capacity} messages)", actor=actor)
+
+
+class AskTimeout(ActorError):
+    def __init__(self, *, actor: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(f"actor {actor!r} did not reply within {timeout:g} s", actor=actor)
+
+
+class ActorCrashed(ActorError):
+    def __init__(self, *, actor: str, cause: BaseException | None) -> None:
+        self.cause = cause
+        super().__init__(f"actor {actor!r} crashed: {cause!r}", actor=actor)
+
+
+class WorkerError(GenvisorError):
+    def __init__(self, message: str, *, pid: int | None) -> None:
+        self.pid = pid
+        super().__init__(message)
+
+
+class WorkerStartFailed(WorkerError):
+    def __init__(self, *, pid: int | None, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"worker process failed to start: {reason}", pid=pid)
+
+
+class ProtocolError(WorkerError):
+    def __init__(self, *, pid: int | None, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"worker protocol error: {detail}", pid=pid)
+
+
+class ServerUnavailable(GenvisorError):
+    def __init__(self, *, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"no genvisor server at {url} ({reason})")

@@ -1,0 +1,157 @@
+"""Settings: `config/default.toml`, then a user TOML file, then `GENVISOR_*` variables.
+
+A bad value stops start-up with a `ConfigError` that names the key, the value given and what is
+allowed. Every setting is flat (one TOML key, one variable) so that `GENVISOR_<NAME>` always works.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from supervisor.exceptions import ConfigError
+
+__all__ = ["CONFIG_DIR", "Settings", "load_settings"]
+
+CONFIG_DIR = Path(os.environ.get("GENVISOR_CONFIG_DIR", Path(__file__).resolve().parents[1] / "config"))
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _default_home() -> Path:
+    return Path.home() / ".genvisor"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENVISOR_", extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=_default_home, description="Data directory")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    journal_retention: int = Field(default=100_000, ge=100)
+    subscriber_buffer: int = Field(default=1024, ge=8)
+    transition_history: int = Field(default=200, ge=10)
+
+    worker_max_restarts: int = Field(default=3, ge=0)
+    worker_restart_period: float = Field(default=60.0, gt=0)
+    restart_backoff_base: float = Field(default=0.2, ge=0)
+    restart_backoff_max: float = Field(default=10.0, ge=0)
+    shutdown_timeout: float = Field(default=5.0, gt=0)
+
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    stall_timeout: float = Field(default=30.0, gt=0)
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_have_scheme(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not origin.startswith(("http://", "https://")):
+                raise ValueError(f"origin {origin!r} must start with http:// or https://")
+        return [o.rstrip("/") for o in value]
+
+    @property
+    def is_exposed(self) -> bool:
+        """True when the server binds beyond loopback (then a token is required)."""
+        return self.host not in LOOPBACK_HOSTS
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments (CLI flags), then the environment, then the TOML files.
+        return (init_settings, env_settings, _TomlLayer(settings_cls))
+
+
+# Invariant: set only for the duration of one load_settings call.
+_toml_values: ContextVar[dict[str, Any]] = ContextVar("_toml_values", default={})
+
+
+class _TomlLayer(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        values = _toml_values.get()
+        return values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_toml_values.get())
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(key="--config", value=str(path), allowed="an existing TOML file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(key="--config", value=str(path), allowed=f"valid TOML ({exc})") from exc
+
+
+def _fields_known() -> frozenset[str]:
+    return frozenset(Settings.model_fields)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings; raise ConfigError naming the first bad key."""
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for path in (CONFIG_DIR / "default.toml", config_file):
+        if path is None:
+            continue
+        data = _read_toml(path)
+        for key, value in data.items():
+            if key not in _fields_known():
+                raise ConfigError(
+                    key=key,
+                    value=value,
+                    allowed=f"a known setting ({', '.join(sorted(_fields_known()))})",
+                    source=str(path),
+                )
+            merged[key] = value
+            sources[key] = str(path)
+    for key in overrides or {}:
+        sources[key] = "arguments"
+    token = _toml_values.set(merged)
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise _config_error(exc, sources) from None
+    finally:
+        _toml_values.reset(token)
+
+
+def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "?"
+    top = str(first["loc"][0]) if first["loc"] else key
+    env_name = f"GENVISOR_{top.upper()}"
+    source = "environment " + env_name if env_name in os.environ else sources.get(top, "")
+    value = os.environ.get(env_name, first.get("input"))
+    return ConfigError(key=key, value=value, allowed=first["msg"], source=source)
