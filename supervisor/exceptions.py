@@ -3,6 +3,7 @@ and keeps it as attributes, so handlers read facts rather than parse messages::
 
     GenvisorError
     ├── ConfigError(key=, value=, allowed=)
+    ├── BusClosed(last_seq=)
     ├── InvalidTransition(state=, trigger=)
     ├── ActorError(actor=)
     │   ├── ActorNotRunning(actor=)
@@ -12,6 +13,8 @@ and keeps it as attributes, so handlers read facts rather than parse messages::
     ├── WorkerError(pid=)
     │   ├── WorkerStartFailed(pid=, reason=)
     │   └── ProtocolError(pid=, detail=)
+    ├── UnsupportedOption(option=, value=, device=, reason=)
+    ├── JobCancelled(job_id=, stage=)
     └── ServerUnavailable(url=, reason=)
 """
 
@@ -22,12 +25,15 @@ __all__ = [
     "ActorError",
     "ActorNotRunning",
     "AskTimeout",
+    "BusClosed",
     "ConfigError",
     "GenvisorError",
     "InvalidTransition",
+    "JobCancelled",
     "MailboxFull",
     "ProtocolError",
     "ServerUnavailable",
+    "UnsupportedOption",
     "WorkerError",
     "WorkerStartFailed",
 ]
@@ -45,6 +51,12 @@ class ConfigError(GenvisorError):
         self.source = source
         where = f" (from {source})" if source else ""
         super().__init__(f"setting {key!r}{where}: {value!r} is not valid: {allowed}")
+
+
+class BusClosed(GenvisorError):
+    def __init__(self, *, last_seq: int) -> None:
+        self.last_seq = last_seq
+        super().__init__(f"the event bus is closed (last seq {last_seq})")
 
 
 class InvalidTransition(GenvisorError):
@@ -99,6 +111,26 @@ class ProtocolError(WorkerError):
     def __init__(self, *, pid: int | None, detail: str) -> None:
         self.detail = detail
         super().__init__(f"worker protocol error: {detail}", pid=pid)
+
+
+class UnsupportedOption(GenvisorError):
+    """A pipeline option this device cannot honour (e.g. CPU offload on a CPU-only worker)."""
+
+    def __init__(self, *, option: str, value: object, device: str, reason: str) -> None:
+        self.option = option
+        self.value = value
+        self.device = device
+        self.reason = reason
+        super().__init__(f"option {option}={value!r} is not supported on {device}: {reason}")
+
+
+class JobCancelled(GenvisorError):
+    """A job stopped on request (cooperatively, at a step boundary or between stages)."""
+
+    def __init__(self, *, job_id: str, stage: str) -> None:
+        self.job_id = job_id
+        self.stage = stage
+        super().__init__(f"job {job_id} cancelled during {stage}")
 
 
 class ServerUnavailable(GenvisorError):

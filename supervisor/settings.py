@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from contextvars import ContextVar
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,9 @@ from supervisor.exceptions import ConfigError
 
 __all__ = ["CONFIG_DIR", "Settings", "load_settings"]
 
-CONFIG_DIR = Path(os.environ.get("GENVISOR_CONFIG_DIR", Path(__file__).resolve().parents[1] / "config"))
+CONFIG_DIR = Path(
+    os.environ.get("GENVISOR_CONFIG_DIR", Path(__file__).resolve().parents[1] / "config")
+)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -88,16 +90,16 @@ class Settings(BaseSettings):
 
 
 # Invariant: set only for the duration of one load_settings call.
-_toml_values: ContextVar[dict[str, Any]] = ContextVar("_toml_values", default={})
+_toml_values: ContextVar[dict[str, Any] | None] = ContextVar("_toml_values", default=None)
 
 
 class _TomlLayer(PydanticBaseSettingsSource):
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        values = _toml_values.get()
+        values = _toml_values.get() or {}
         return values.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_toml_values.get())
+        return dict(_toml_values.get() or {})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

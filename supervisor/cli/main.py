@@ -13,6 +13,9 @@ from supervisor.exceptions import ConfigError, ServerUnavailable
 __all__ = ["main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "supervisor.cli.schema_cmd",
+    "supervisor.cli.serve_cmd",
+    "supervisor.cli.state_cmd",
 )
 
 

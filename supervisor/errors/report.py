@@ -38,7 +38,7 @@ class Stage(StrEnum):
 
 
 def qualified_name(cls: type) -> str:
-    """`module.QualName` of a class, with `builtins.` dropped (`MemoryError`, not `builtins.MemoryError`)."""
+    """`module.QualName` of a class; builtins keep their bare name (`MemoryError`)."""
     module = cls.__module__
     if module == "builtins":
         return cls.__qualname__
@@ -46,13 +46,13 @@ def qualified_name(cls: type) -> str:
 
 
 class ErrorReport(BaseModel):
-    """A failure as data. `exc_type` is the qualified name of the raised class and `mro` the
+    """A failure as data. `exc_type` is the qualified name of the raised class and `mro_names` the
     qualified names of its bases, most specific first (`object` omitted)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     exc_type: str = Field(description="Qualified name of the exception class")
-    mro: tuple[str, ...] = Field(default=(), description="Qualified names of its classes")
+    mro_names: tuple[str, ...] = Field(default=(), description="Qualified names of its classes")
     message: str = ""
     errno: int | None = None
     errno_name: str | None = None
@@ -75,7 +75,7 @@ class ErrorReport(BaseModel):
         job_id: str | None = None,
         context: dict[str, str | int | float | bool | None] | None = None,
     ) -> ErrorReport:
-        mro = tuple(
+        mro_names = tuple(
             qualified_name(k) for k in type(exc).__mro__ if k not in (object, BaseException)
         )
         err = getattr(exc, "errno", None)
@@ -85,7 +85,7 @@ class ErrorReport(BaseModel):
         message = str(exc)
         return cls(
             exc_type=qualified_name(type(exc)),
-            mro=mro,
+            mro_names=mro_names,
             message=message[:MAX_MESSAGE_CHARS],
             errno=err_no,
             errno_name=errno_module.errorcode.get(err_no) if err_no is not None else None,
@@ -102,12 +102,12 @@ class ErrorReport(BaseModel):
         """A report made from error text alone (a pasted traceback's last line, a log line)."""
         exc_type, _, message = text.partition(": ")
         if not message or " " in exc_type.strip() or not exc_type.strip():
-            return cls(exc_type="", message=text.strip(), **fields)  # type: ignore[arg-type]
-        return cls(exc_type=exc_type.strip(), message=message.strip(), **fields)  # type: ignore[arg-type]
+            return cls(exc_type="", message=text.strip(), **fields)
+        return cls(exc_type=exc_type.strip(), message=message.strip(), **fields)
 
     def has_type(self, name: str) -> bool:
         """True when `name` (a qualified or bare class name) is the raised class or a base."""
-        names = (self.exc_type, *self.mro)
+        names = (self.exc_type, *self.mro_names)
         if "." in name:
             return name in names
         return any(n == name or n.endswith("." + name) for n in names)

@@ -1,0 +1,57 @@
+"""FastAPI application and the two lines a host app needs to embed genvisor.
+
+Stand-alone::
+
+    app = create_app(load_settings())
+
+Embedded in an existing FastAPI backend::
+
+    gv = Runtime(load_settings())
+    app = FastAPI(lifespan=compose_lifespans(host_lifespan, gv.lifespan))
+    app.include_router(build_router(gv), prefix="/genvisor")
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from supervisor import __version__
+from supervisor.http_api import build_router
+from supervisor.runtime import Runtime
+from supervisor.security import check_exposure
+from supervisor.settings import Settings
+
+__all__ = ["compose_lifespans", "create_app"]
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[None]]
+
+
+def compose_lifespans(*lifespans: Lifespan) -> Lifespan:
+    """One lifespan that enters each in order and exits them in reverse."""
+
+    @asynccontextmanager
+    async def composed(app: Any) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for lifespan in lifespans:
+                await stack.enter_async_context(lifespan(app))
+            yield
+
+    return composed
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    check_exposure(settings)
+    runtime = runtime or Runtime(settings)
+    app = FastAPI(
+        title="genvisor",
+        version=__version__,
+        summary="Fault-tolerant backend for local text-to-video generation",
+        lifespan=runtime.lifespan,
+    )
+    app.state.genvisor = runtime
+    app.include_router(build_router(runtime))
+    return app

@@ -1,0 +1,111 @@
+"""`genvisor state`: the state dump of a running server, for a person or a script."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from typing import Any
+
+from supervisor.cli.server_client import add_url_argument, request_json
+
+__all__ = ["register", "render_state"]
+
+STATE_STYLE = {
+    "ready": "bold green",
+    "degraded": "bold yellow",
+    "halted": "bold red",
+    "failed": "red",
+    "categorizing": "yellow",
+    "recovering": "yellow",
+    "starting": "cyan",
+    "stopping": "dim",
+    "stopped": "dim",
+}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("state", help="show the supervisor's state (a running server's)")
+    add_url_argument(p)
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the state as JSON")
+    form.add_argument("--graph", action="store_true", help="print the machine as Mermaid")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    code, body = request_json(args, "GET", "/v1/state")
+    if code != 200:
+        print(f"genvisor: the server answered {code}: {body.get('detail', body)}")
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+    elif args.graph:
+        from supervisor.state_machine import State, mermaid_diagram
+
+        print(mermaid_diagram(State(body["state"])))
+    else:
+        render_state(body)
+    return 0
+
+
+def _ago(ts: float, now: float) -> str:
+    seconds = max(0.0, now - ts)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def render_state(body: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    now = dt.datetime.now().timestamp()
+    state = body["state"]
+    console.print(
+        f"[{STATE_STYLE.get(state, 'bold')}]{state.upper()}[/] since {_ago(body['since'], now)}"
+        f"  ·  genvisor {body.get('version', '?')}  ·  up {body.get('uptime_s', 0):.0f} s"
+        f"  ·  pid {body.get('pid', '?')}"
+    )
+    for key, reason in body.get("degraded_reasons", {}).items():
+        console.print(f"  [yellow]degraded[/]: {key}: {reason}")
+
+    children = Table(title="children", title_justify="left")
+    for col in ("child", "state", "status", "restarts", "pid", "last error"):
+        children.add_column(col)
+    for c in body.get("children", []):
+        last = c.get("last_error") or {}
+        children.add_row(
+            c["id"],
+            c["state"],
+            str(c.get("status", "")),
+            f"{c['restarts_in_window']}/{c['max_restarts']} in {c['period_s']:g} s",
+            str(c.get("pid") or ""),
+            f"{last.get('type', '')}: {last.get('message', '')}"[:80] if last else "",
+        )
+    console.print(children)
+
+    history = Table(title="recent transitions", title_justify="left")
+    for col in ("when", "from", "to", "trigger", "code", "reason"):
+        history.add_column(col)
+    for h in body.get("history", [])[-10:]:
+        history.add_row(
+            _ago(h["ts"], now),
+            h["from_state"],
+            h["to_state"],
+            h["trigger"],
+            h.get("error_code") or "",
+            h["reason"][:70],
+        )
+    console.print(history)
+    bus = body.get("bus", {})
+    queue = body.get("queue", {})
+    console.print(
+        "bus: "
+        + ", ".join(f"{k} {v}" for k, v in bus.items())
+        + "  ·  queue: "
+        + ", ".join(f"{k} {v}" for k, v in queue.items())
+    )

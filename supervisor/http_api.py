@@ -1,0 +1,88 @@
+"""The HTTP and WebSocket surface of the runtime, as a router a host app can mount anywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
+from fastapi.responses import JSONResponse
+
+from supervisor.bus.websocket_stream import stream_events
+from supervisor.exceptions import InvalidTransition
+from supervisor.runtime import Runtime
+from supervisor.security import bearer_token, origin_allowed, token_valid
+from supervisor.state_machine import State
+from supervisor.supervision import Reset
+
+__all__ = ["build_router"]
+
+SERVING_STATES = frozenset({State.READY, State.DEGRADED})
+
+
+def build_router(runtime: Runtime) -> APIRouter:
+    settings = runtime.settings
+
+    def require_token(request: Request) -> None:
+        if not token_valid(settings, bearer_token(request.headers)):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail="a valid API token is required: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    guarded = [Depends(require_token)]
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive (says nothing about the GPU or the models)."""
+        return {"status": "alive"}
+
+    @router.get("/readyz", tags=["health"], response_model=None)
+    async def readyz() -> JSONResponse:
+        """200 while the supervisor serves (ready or degraded), else 503."""
+        snap = runtime.supervisor.snapshot()
+        ok = snap.state in SERVING_STATES
+        return JSONResponse(
+            {"ready": ok, "state": snap.state.value, "degraded_reasons": snap.degraded_reasons},
+            status_code=200 if ok else 503,
+        )
+
+    @router.get("/v1/state", tags=["supervisor"], dependencies=guarded)
+    async def get_state() -> dict[str, Any]:
+        """The state dump: supervisor state, history, children, queue and bus."""
+        return runtime.state_dump()
+
+    @router.post("/v1/supervisor/reset", tags=["supervisor"], dependencies=guarded)
+    async def reset() -> dict[str, Any]:
+        """Bring a halted supervisor back: restart its failed children with fresh budgets."""
+        try:
+            new_state = await runtime.supervisor.ask(Reset(), State, timeout=10.0)
+        except InvalidTransition as exc:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail=f"reset is only possible while halted; the supervisor is {exc.state}",
+            ) from None
+        return {"state": new_state.value}
+
+    @router.websocket("/v1/events")
+    async def events(
+        websocket: WebSocket,
+        since: Annotated[int | None, Query(ge=0)] = None,
+    ) -> None:
+        """Replay events with seq > since from the journal, then stream live events."""
+        allowed = origin_allowed(
+            websocket.headers.get("origin"),
+            host_header=websocket.headers.get("host"),
+            scheme="https" if websocket.url.scheme == "wss" else "http",
+            allowed=settings.allowed_origins,
+        )
+        if not allowed:
+            await websocket.close(code=1008, reason="origin not allowed")
+            return
+        if not token_valid(settings, bearer_token(websocket.headers)):
+            await websocket.close(code=1008, reason="a valid API token is required")
+            return
+        await stream_events(websocket, runtime.bus, since)
+
+    return router

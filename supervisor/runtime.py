@@ -1,0 +1,129 @@
+"""The genvisor runtime: settings, event bus, journal and the supervisor with its children.
+
+This is the composition root. A host FastAPI app embeds it through `lifespan` and `router`
+(see `supervisor.app`); `genvisor serve` is the same runtime standing alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from actors.actor import Actor
+from actors.generator import Generator
+from actors.model_loader import ModelLoader
+from actors.vram_monitor import VramMonitor
+from supervisor import __version__
+from supervisor.bus import EventBus, Journal
+from supervisor.child_spec import ChildSpec, RestartType
+from supervisor.errors.report import ErrorReport
+from supervisor.settings import Settings
+from supervisor.supervision import Supervisor
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("genvisor.runtime")
+
+HEAVY_MODULES = ("torch", "diffusers", "transformers")
+
+
+def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: Any) -> ChildSpec:
+    return ChildSpec(
+        id=child_id,
+        start=start,
+        restart=RestartType.PERMANENT,
+        max_restarts=settings.worker_max_restarts,
+        period_s=settings.worker_restart_period,
+        backoff_base_s=settings.restart_backoff_base,
+        backoff_max_s=settings.restart_backoff_max,
+        shutdown_timeout_s=settings.shutdown_timeout,
+        **kw,
+    )
+
+
+def _error_code_of(report: ErrorReport) -> str | None:
+    return None
+
+
+class Runtime:
+    """Owns everything that lives for one server run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        child_specs: list[ChildSpec] | None = None,
+    ) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(
+            settings.home / "events.sqlite3", retention=settings.journal_retention
+        )
+        self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
+        specs = child_specs if child_specs is not None else self.default_child_specs()
+        self.supervisor = Supervisor(
+            specs,
+            publish=self.bus.publish,
+            error_code_of=_error_code_of,
+            history_size=settings.transition_history,
+        )
+        self.started_at = time.time()
+        self._stopped: anyio.Event | None = None
+
+    def default_child_specs(self) -> list[ChildSpec]:
+        s = self.settings
+        return [
+            _spec(s, "model_loader", ModelLoader),
+            _spec(s, "generator", Generator),
+            _spec(s, "vram_monitor", VramMonitor),
+        ]
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the bus and the supervisor until `shutdown()`; the journal is flushed on exit."""
+        self._stopped = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.bus.run)
+            await tg.start(self.supervisor.run)
+            task_status.started()
+            await self._stopped.wait()
+            self.supervisor.stop()
+            # The supervisor stops its children in reverse order, then its own loop ends; the
+            # bus closes last so that the stop transitions reach the journal.
+            with anyio.CancelScope(shield=True):
+                await self.supervisor.finished()
+                tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self.bus.aclose()
+
+    def shutdown(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """An ASGI lifespan: the runtime runs as a sidecar task group for the app's lifetime."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.run)
+            try:
+                yield
+            finally:
+                self.shutdown()
+
+    def state_dump(self) -> dict[str, Any]:
+        dump = self.supervisor.snapshot().as_dict()
+        dump["bus"] = dataclasses.asdict(self.bus.stats)
+        dump["queue"] = {"queued": 0, "running": 0}
+        dump["version"] = __version__
+        dump["pid"] = os.getpid()
+        # Invariant under test: the control process never imports the heavy libraries.
+        dump["heavy_modules_loaded"] = sorted(m for m in HEAVY_MODULES if m in sys.modules)
+        return dump

@@ -1,0 +1,86 @@
+"""A real `genvisor serve` in a subprocess on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GENVISOR = str(Path(sys.executable).with_name("genvisor"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    home: Path
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def server_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENVISOR_")}
+    env.update({"GENVISOR_HOME": str(home), "GENVISOR_LOG_FORMAT": "json", **extra})
+    return env
+
+
+@contextmanager
+def running_server(
+    home: Path, *, port: int | None = None, startup_timeout: float = 60.0, **env: str
+) -> Iterator[ServerProcess]:
+    """Start the server; return once uvicorn says it listens (read from its log, not polled)."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [GENVISOR, "serve", "--port", str(port)],
+        env=server_env(home, **env),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    server = ServerProcess(proc=proc, port=port, home=home)
+    listening = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            server.log_lines.append(line)
+            if "Uvicorn running on" in line or "Application startup complete" in line:
+                listening.set()
+        listening.set()  # the process ended: stop waiting
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        if not listening.wait(startup_timeout) or proc.poll() is not None:
+            raise RuntimeError("server did not start:\n" + "".join(server.log_lines[-40:]))
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
