@@ -84,6 +84,10 @@ class Actor(ABC):
     async def on_stop(self) -> None:  # noqa: B027 - an optional hook, empty by design
         """Runs after the mailbox is closed and drained, before background tasks are cancelled."""
 
+    async def cleanup(self) -> None:  # noqa: B027 - an optional hook, empty by design
+        """Runs last, after a stop, a crash or a cancellation: release what must not leak
+        (processes, sockets). Shielded from cancellation."""
+
     def describe(self) -> dict[str, Any]:
         """Facts for the state dump (status, pid where there is one, ...)."""
         return {"status": self.status.value}
@@ -116,6 +120,8 @@ class Actor(ABC):
             self._task_group = None
             self._receive.close()
             self._send.close()
+            with anyio.CancelScope(shield=True):
+                await self.cleanup()
             self._exited.set()
         self.status = ActorStatus.STOPPED
 

@@ -1,23 +1,287 @@
 """Generator actor: owns the worker process, the job being run, cancellation and heartbeats.
 
-Its worker arrives with the generator issue; until then it runs under supervision, idle.
+The worker is a separate process (it imports torch; this actor never does). Three background
+tasks watch it: a reader that turns channel frames into events and outcomes, a process watcher
+that notices death within moments (it awaits the process itself, no polling), and a watchdog
+that kills a worker whose heartbeats stopped. Death and hangs crash this actor with
+`WorkerCrashed` / `WorkerHung`: the supervisor's failure pipeline and restart intensity decide
+what follows, and a fresh actor starts a fresh worker.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from actors.actor import Actor
+import anyio
 
-__all__ = ["Generator"]
+from actors.actor import Actor
+from actors.worker.channel import ChannelClosed
+from actors.worker.protocol import (
+    Cancel,
+    Cancelled,
+    Done,
+    Failed,
+    Generate,
+    GenerationParams,
+    Heartbeat,
+    Load,
+    Loaded,
+    PipelineOptions,
+    Progress,
+    StageTiming,
+)
+from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
+from supervisor.bus import events as ev
+from supervisor.exceptions import WorkerCrashed, WorkerHung
+
+__all__ = ["CancelJob", "Generator", "JobOutcome", "RunJob"]
+
+log = logging.getLogger("genvisor.generator")
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    job_id: str
+    model: str
+    model_path: Path
+    params: GenerationParams
+    options: PipelineOptions
+    output_dir: Path
+    attempt: int = 1
+    decode_only_from: str | None = None
+    applied_changes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """Sent to the supervisor when a job ends on the worker: exactly one of the three."""
+
+    job_id: str
+    done: Done | None = None
+    failed: Failed | None = None
+    cancelled: Cancelled | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """Asked for by the state dump and the drill: the live worker, if any."""
+
+    pid: int | None
+    job_id: str | None
 
 
 class Generator(Actor):
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        launch: WorkerLaunch,
+        publish: Callable[[ev.EventData], object],
+        report: Callable[[JobOutcome], None],
+        stall_timeout: float = 30.0,
+        cancel_grace: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__("generator")
+        self._launch = launch
+        self._publish = publish
+        self._report = report
+        self._stall_timeout = stall_timeout
+        self._cancel_grace = cancel_grace
+        self._clock = clock
+        self.worker: WorkerHandle | None = None
+        self._job: RunJob | None = None
+        self._job_started = 0.0
+        self._loaded: tuple[str, PipelineOptions] | None = None
+        self._last_heartbeat = 0.0
+        self._last_rss: int | None = None
+        self._expected_exit = False
+        self._stopping = False
 
-    async def handle(self, message: object) -> object:
-        raise TypeError(f"generator got an unknown message {message!r}")
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        await self._start_worker()
+
+    async def _start_worker(self) -> None:
+        self.worker = await spawn_worker(self._launch)
+        self._expected_exit = False
+        self._loaded = None
+        self._last_heartbeat = self._clock()
+        worker = self.worker
+        self.spawn(lambda: self._read(worker), name="generator.reader")
+        self.spawn(lambda: self._watch_process(worker), name="generator.process")
+        self.spawn(lambda: self._watchdog(worker), name="generator.watchdog")
+        log.info("worker %s ready on %s", worker.pid, worker.ready.device)
+
+    async def on_stop(self) -> None:
+        self._stopping = True
+        if self.worker is not None:
+            self._expected_exit = True
+            with anyio.CancelScope(shield=True):
+                await self.worker.shutdown(grace_s=self._cancel_grace)
+
+    async def cleanup(self) -> None:
+        # Invariant: no worker process outlives its actor, whatever ended the actor.
+        if self.worker is not None:
+            self._expected_exit = True
+            await self.worker.aclose()
 
     def describe(self) -> dict[str, Any]:
-        return {"status": self.status.value, "pid": None, "job_id": None}
+        worker = self.worker
+        return {
+            "status": self.status.value,
+            "pid": worker.pid if worker is not None and worker.returncode is None else None,
+            "job_id": self._job.job_id if self._job else None,
+            "device": worker.ready.device if worker is not None else None,
+            "heartbeat_age_s": round(self._clock() - self._last_heartbeat, 2)
+            if worker is not None
+            else None,
+            "worker_rss_bytes": self._last_rss,
+            "loaded": self._loaded[0] if self._loaded else None,
+        }
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def handle(self, message: object) -> object:
+        match message:
+            case RunJob():
+                await self._run(message)
+            case CancelJob():
+                await self._cancel(message.job_id)
+            case WorkerInfo():
+                return self._info()
+            case _:
+                raise TypeError(f"generator got an unknown message {message!r}")
+        return None
+
+    def _info(self) -> WorkerInfo:
+        worker = self.worker
+        return WorkerInfo(
+            pid=worker.pid if worker is not None else None,
+            job_id=self._job.job_id if self._job else None,
+        )
+
+    async def _run(self, job: RunJob) -> None:
+        if self._job is not None:
+            raise RuntimeError(f"job {job.job_id} sent while {self._job.job_id} runs")
+        if self.worker is None or self.worker.returncode is not None:
+            await self._start_worker()
+        assert self.worker is not None
+        self._job = job
+        self._job_started = self._clock()
+        want = (str(job.model_path), job.options)
+        if self._loaded is None or self._loaded[0] != want[0]:
+            await self.worker.send(
+                Load(model_path=str(job.model_path), model_name=job.model, options=job.options)
+            )
+        await self.worker.send(
+            Generate(
+                job_id=job.job_id,
+                params=job.params,
+                options=job.options,
+                output_dir=str(job.output_dir),
+                decode_only_from=job.decode_only_from,
+                applied_changes=job.applied_changes,
+            )
+        )
+
+    async def _cancel(self, job_id: str) -> None:
+        if self._job is None or self._job.job_id != job_id or self.worker is None:
+            return
+        await self.worker.send(Cancel(job_id=job_id))
+        worker = self.worker
+        self.spawn(lambda: self._hard_cancel_after_grace(worker, job_id))
+
+    async def _hard_cancel_after_grace(self, worker: WorkerHandle, job_id: str) -> None:
+        await anyio.sleep(self._cancel_grace)
+        if self._job is None or self._job.job_id != job_id or worker is not self.worker:
+            return
+        log.warning(
+            "job %s ignored cancel for %.1f s: killing the worker", job_id, self._cancel_grace
+        )
+        self._expected_exit = True
+        worker.kill()
+        await worker.wait()
+        self._finish(JobOutcome(job_id=job_id, cancelled=Cancelled(job_id=job_id)))
+        await worker.aclose()
+        self.worker = None
+        await self._start_worker()
+
+    # -- background tasks ---------------------------------------------------------------------
+
+    async def _read(self, worker: WorkerHandle) -> None:
+        while True:
+            try:
+                msg = await worker.receive()
+            except (ChannelClosed, anyio.EndOfStream, anyio.ClosedResourceError):
+                return  # the process watcher reports the death
+            self._last_heartbeat = self._clock()
+            match msg:
+                case Heartbeat():
+                    self._last_rss = msg.rss_bytes
+                case Progress():
+                    self._publish(
+                        ev.JobProgress(
+                            job_id=msg.job_id,
+                            stage=ev.JobStage(msg.stage.value),
+                            step=msg.step,
+                            total_steps=msg.total,
+                            elapsed_s=msg.elapsed_s,
+                        )
+                    )
+                case Loaded():
+                    self._loaded = (str(self._job.model_path) if self._job else "", msg.options)
+                case Done():
+                    self._finish(JobOutcome(job_id=msg.job_id, done=msg))
+                case Failed():
+                    job_id = msg.job_id or (self._job.job_id if self._job else None)
+                    if job_id is not None:
+                        if msg.job_id is None:
+                            # A failed Load: the Generate behind it is dropped by the worker.
+                            self._loaded = None
+                        self._finish(JobOutcome(job_id=job_id, failed=msg))
+                case Cancelled():
+                    self._finish(JobOutcome(job_id=msg.job_id, cancelled=msg))
+                case StageTiming():
+                    pass
+
+    def _finish(self, outcome: JobOutcome) -> None:
+        if self._job is None or self._job.job_id != outcome.job_id:
+            return  # a late frame for a job already reported (e.g. killed on cancel)
+        self._job = None
+        self._report(outcome)
+
+    async def _watch_process(self, worker: WorkerHandle) -> None:
+        code = await worker.wait()
+        if self._expected_exit or self._stopping or worker is not self.worker:
+            return
+        raise WorkerCrashed(
+            pid=worker.pid, exit_code=code, job_id=self._job.job_id if self._job else None
+        )
+
+    async def _watchdog(self, worker: WorkerHandle) -> None:
+        period = min(1.0, self._stall_timeout / 4)
+        while worker is self.worker and worker.returncode is None:
+            await anyio.sleep(period)
+            silent = self._clock() - self._last_heartbeat
+            if silent > self._stall_timeout and math.isfinite(self._stall_timeout):
+                self._expected_exit = True
+                worker.signal(signal.SIGKILL)
+                await worker.wait()
+                raise WorkerHung(
+                    pid=worker.pid,
+                    silent_s=silent,
+                    job_id=self._job.job_id if self._job else None,
+                )

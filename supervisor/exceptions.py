@@ -12,15 +12,21 @@ and keeps it as attributes, so handlers read facts rather than parse messages::
     │   └── ActorCrashed(actor=, cause=)
     ├── WorkerError(pid=)
     │   ├── WorkerStartFailed(pid=, reason=)
+    │   ├── WorkerCrashed(pid=, exit_code=, job_id=)
+    │   ├── WorkerHung(pid=, silent_s=, job_id=)
     │   └── ProtocolError(pid=, detail=)
     ├── UnsupportedOption(option=, value=, device=, reason=)
     ├── JobCancelled(job_id=, stage=)
-    └── ServerUnavailable(url=, reason=)
+    ├── ServerUnavailable(url=, reason=)
+    ├── MemorySourceUnavailable(source=, reason=)
+    └── WeightsHeaderError(path=, reason=)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "MemorySourceUnavailable",
+    "WeightsHeaderError",
     "ActorCrashed",
     "ActorError",
     "ActorNotRunning",
@@ -34,7 +40,9 @@ __all__ = [
     "ProtocolError",
     "ServerUnavailable",
     "UnsupportedOption",
+    "WorkerCrashed",
     "WorkerError",
+    "WorkerHung",
     "WorkerStartFailed",
 ]
 
@@ -107,6 +115,41 @@ class WorkerStartFailed(WorkerError):
         super().__init__(f"worker process failed to start: {reason}", pid=pid)
 
 
+class WorkerCrashed(WorkerError):
+    """The worker process died (a signal, or an exit nobody asked for)."""
+
+    def __init__(self, *, pid: int | None, exit_code: int | None, job_id: str | None) -> None:
+        self.exit_code = exit_code
+        self.job_id = job_id
+        how = (
+            f"killed by signal {-exit_code}"
+            if exit_code is not None and exit_code < 0
+            else f"exited with code {exit_code}"
+        )
+        during = f" while running job {job_id}" if job_id else ""
+        super().__init__(f"worker process {pid} {how}{during}", pid=pid)
+
+    def report_context(self) -> dict[str, str | int | float | bool | None]:
+        signal = -self.exit_code if self.exit_code is not None and self.exit_code < 0 else None
+        return {"pid": self.pid, "exit_code": self.exit_code, "signal": signal}
+
+
+class WorkerHung(WorkerError):
+    """No heartbeat from the worker within the stall timeout: it was killed."""
+
+    def __init__(self, *, pid: int | None, silent_s: float, job_id: str | None) -> None:
+        self.silent_s = silent_s
+        self.job_id = job_id
+        during = f" while running job {job_id}" if job_id else ""
+        super().__init__(
+            f"worker process {pid} sent no heartbeat for {silent_s:.1f} s{during}: killed",
+            pid=pid,
+        )
+
+    def report_context(self) -> dict[str, str | int | float | bool | None]:
+        return {"pid": self.pid, "silent_s": round(self.silent_s, 2)}
+
+
 class ProtocolError(WorkerError):
     def __init__(self, *, pid: int | None, detail: str) -> None:
         self.detail = detail
@@ -138,3 +181,22 @@ class ServerUnavailable(GenvisorError):
         self.url = url
         self.reason = reason
         super().__init__(f"no genvisor server at {url} ({reason})")
+
+
+class MemorySourceUnavailable(GenvisorError):
+    """A memory source cannot be used here (no NVML library, no NVIDIA GPU, ...): a known
+    situation that selects another source, never a crash."""
+
+    def __init__(self, *, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"memory source {source} is unavailable: {reason}")
+
+
+class WeightsHeaderError(GenvisorError):
+    """A safetensors file whose header cannot be read (truncated, not JSON, unknown dtype)."""
+
+    def __init__(self, *, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot read the safetensors header of {path}: {reason}")

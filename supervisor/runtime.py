@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,9 +26,13 @@ from actors.vram_monitor import VramMonitor
 from supervisor import __version__
 from supervisor.bus import EventBus, Journal
 from supervisor.child_spec import ChildSpec, RestartType
-from supervisor.errors.report import ErrorReport
+from actors.worker.spawn import WorkerLaunch
+from supervisor.diagnosis import diagnose
+from supervisor.errors import CategorizationContext, ErrorReport, default_categorizer
+from supervisor.job_flow import JobFlow
+from supervisor.jobs import Job, JobStore
 from supervisor.settings import Settings
-from supervisor.supervision import Supervisor
+from supervisor.supervision import JobSubmitted, Supervisor
 
 __all__ = ["Runtime"]
 
@@ -51,7 +56,8 @@ def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: A
 
 
 def _error_code_of(report: ErrorReport) -> str | None:
-    return None
+    verdict = default_categorizer().categorize(report, CategorizationContext.from_report(report))
+    return verdict.code.value
 
 
 class Runtime:
@@ -69,23 +75,68 @@ class Runtime:
             settings.home / "events.sqlite3", retention=settings.journal_retention
         )
         self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
+        self.output_dir = settings.home / "outputs"
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(settings.home / "jobs.sqlite3")
+        self.jobs = JobFlow(
+            self.store,
+            publish=self.bus.publish,
+            generator=lambda: self.supervisor.child("generator"),
+            model_path=self.model_path,
+            output_dir=self.output_dir,
+            crash_retries=settings.job_crash_retries,
+            diagnose=diagnose,
+        )
         specs = child_specs if child_specs is not None else self.default_child_specs()
         self.supervisor = Supervisor(
             specs,
             publish=self.bus.publish,
             error_code_of=_error_code_of,
             history_size=settings.transition_history,
+            jobs=self.jobs,
         )
         self.started_at = time.time()
         self._stopped: anyio.Event | None = None
+
+    def model_path(self, model: str) -> Path:
+        return self.settings.home / "models" / model
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.settings.device == "auto" else self.settings.device
+
+    def worker_launch(self) -> WorkerLaunch:
+        s = self.settings
+        return WorkerLaunch(
+            log_path=s.home / "logs" / "worker.log",
+            device=self.device,
+            heartbeat_interval=s.heartbeat_interval,
+            memory_limit=s.device_memory_limit,
+            ready_timeout=s.worker_start_timeout,
+        )
+
+    def _generator(self) -> Generator:
+        return Generator(
+            launch=self.worker_launch(),
+            publish=self.bus.publish,
+            report=self.supervisor.tell_nowait,
+            stall_timeout=self.settings.stall_timeout,
+            cancel_grace=self.settings.cancel_grace,
+        )
 
     def default_child_specs(self) -> list[ChildSpec]:
         s = self.settings
         return [
             _spec(s, "model_loader", ModelLoader),
-            _spec(s, "generator", Generator),
+            _spec(s, "generator", self._generator),
             _spec(s, "vram_monitor", VramMonitor),
         ]
+
+    def submit(self, job: Job) -> Job:
+        """Commit the job, then wake the supervisor: durable before anyone is told it exists."""
+        self.store.submit(job)
+        self.supervisor.tell_nowait(JobSubmitted(job.id))
+        return job
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the bus and the supervisor until `shutdown()`; the journal is flushed on exit."""
@@ -103,6 +154,7 @@ class Runtime:
                 tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self.bus.aclose()
+        self.store.close()
 
     def shutdown(self) -> None:
         if self._stopped is not None:
@@ -121,7 +173,12 @@ class Runtime:
     def state_dump(self) -> dict[str, Any]:
         dump = self.supervisor.snapshot().as_dict()
         dump["bus"] = dataclasses.asdict(self.bus.stats)
-        dump["queue"] = {"queued": 0, "running": 0}
+        counts = self.store.counts()
+        dump["queue"] = {
+            "waiting": self.store.waiting(),
+            "running": self.jobs.running.id if self.jobs.running else None,
+            **{k: v for k, v in counts.items() if v},
+        }
         dump["version"] = __version__
         dump["pid"] = os.getpid()
         # Invariant under test: the control process never imports the heavy libraries.

@@ -18,12 +18,16 @@ from typing import Any
 import anyio
 
 from actors.actor import Actor
+from actors.generator import JobOutcome
 from supervisor import __version__
 from supervisor.bus import events as ev
 from supervisor.child_spec import ChildSpec
 from supervisor.child_status import ChildRecord, ChildState
 from supervisor.errors.report import ErrorReport, Stage
 from supervisor.exceptions import ActorNotRunning, InvalidTransition
+from supervisor.job_flow import CancelRefused, JobFlow
+from supervisor.jobs import Job
+from supervisor.recovery_plan import RecoveryPlanner, no_recovery
 from supervisor.restart_window import ExitKind, decide_restart
 from supervisor.state_machine import State, StateMachine, TransitionRecord, Trigger
 
@@ -72,6 +76,16 @@ class Reset:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSubmitted:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Degrade:
     key: str
     reason: str
@@ -109,7 +123,7 @@ class SupervisorSnapshot:
 
 
 class Supervisor(Actor):
-    reply_errors = (InvalidTransition,)
+    reply_errors = (InvalidTransition, CancelRefused)
 
     def __init__(
         self,
@@ -121,6 +135,8 @@ class Supervisor(Actor):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        jobs: JobFlow | None = None,
+        plan_recovery: RecoveryPlanner = no_recovery,
     ) -> None:
         super().__init__("supervisor", mailbox_size=256)
         ids = [s.id for s in specs]
@@ -136,6 +152,8 @@ class Supervisor(Actor):
         )
         self.children: dict[str, ChildRecord] = {s.id: ChildRecord(spec=s) for s in specs}
         self.degraded_reasons: dict[str, str] = {}
+        self.jobs = jobs
+        self._plan_recovery = plan_recovery
         self.started_at = wall_clock()
         # Set once every child has started after a boot, a restart or a reset.
         self._settled: anyio.Event | None = None
@@ -232,7 +250,20 @@ class Supervisor(Actor):
     # -- the loop -----------------------------------------------------------------------------
 
     async def handle(self, message: object) -> object:
+        try:
+            return self._handle(message)
+        finally:
+            if self.jobs is not None:
+                self.jobs.dispatch(self.state)
+
+    def _handle(self, message: object) -> object:
         match message:
+            case JobSubmitted():
+                pass  # dispatch runs after every message
+            case JobOutcome():
+                self._on_job_outcome(message)
+            case CancelRequest():
+                return self.jobs.cancel(message.job_id) if self.jobs is not None else None
             case ChildStarted():
                 self._on_child_started(message)
             case ChildExited():
@@ -288,6 +319,12 @@ class Supervisor(Actor):
         record.last_error = message.report
         record.state = ChildState.EXITED
         code = self._error_code_of(message.report) if message.report is not None else None
+        if self.jobs is not None and self.jobs.running is not None and message.report is not None:
+            if self.jobs.running.id == self.jobs.recovering_job_id:
+                self.jobs.recovering_job_id = None
+            self.jobs.worker_died(
+                message.report, self.jobs.diagnose(message.report, facts=self._facts())
+            )
         what = message.report.message if message.report is not None else "exited normally"
         self._publish(ev.ActorCrashed(actor=record.spec.id, error_code=code, message=what))
         if self.state in (State.HALTED, State.STOPPING, State.STOPPED):
@@ -325,6 +362,68 @@ class Supervisor(Actor):
         )
         generation = record.generation
         self.spawn(lambda: self._restart_after(decision.delay_s, record.spec.id, generation))
+
+    def _on_job_outcome(self, outcome: JobOutcome) -> None:
+        assert self.jobs is not None
+        job = self.jobs.take_running(outcome.job_id)
+        if job is None:
+            return
+        if outcome.cancelled is not None:
+            self.jobs.cancelled(job)
+            self._end_job_recovery(job, ok=False)
+        elif outcome.done is not None:
+            self.jobs.succeed(job, outcome)
+            self._end_job_recovery(job, ok=True)
+        elif outcome.failed is not None:
+            self._job_failed(job, outcome)
+
+    def _job_failed(self, job: Job, outcome: JobOutcome) -> None:
+        """The failure pipeline for a job: capture, categorize, plan, re-run or explain."""
+        assert self.jobs is not None
+        assert outcome.failed is not None
+        report = outcome.failed.report
+        applied = tuple(c["description"] for c in job.changes)
+        diagnosis = self.jobs.diagnose(report, applied=applied, facts=self._facts())
+        reason = f"job {job.id} failed at {report.stage.value}: {report.message[:200]}"
+        if self.state not in (State.READY, State.DEGRADED, State.RECOVERING):
+            self.jobs.fail(job, diagnosis)
+            return
+        self._fire(Trigger.FAIL, reason=reason, error_code=diagnosis.code)
+        self._fire(Trigger.CATEGORIZE, reason=diagnosis.category, error_code=diagnosis.code)
+        step = self._plan_recovery(job, diagnosis, outcome.failed)
+        if step is not None and step.give_up:
+            self.jobs.recovering_job_id = None
+            self.jobs.fail(job, step.final_error or diagnosis)
+            self._fire(Trigger.GIVE_UP, reason=step.description, error_code=diagnosis.code)
+            return
+        if step is None:
+            self.jobs.recovering_job_id = None
+            self.jobs.fail(job, diagnosis)
+            self._fire(
+                Trigger.DISMISS_DEGRADED if self.degraded_reasons else Trigger.DISMISS,
+                reason=f"not recoverable by a retry: {diagnosis.code}",
+                error_code=diagnosis.code,
+            )
+            return
+        step.apply(job)
+        self.jobs.recovering_job_id = job.id
+        self._fire(Trigger.PLAN, reason=step.description, error_code=diagnosis.code)
+        self.jobs.retry(job, reason=step.description, code=diagnosis.code, change=step.change)
+
+    def _end_job_recovery(self, job: Job, *, ok: bool) -> None:
+        assert self.jobs is not None
+        if self.jobs.recovering_job_id != job.id or self.state is not State.RECOVERING:
+            return
+        self.jobs.recovering_job_id = None
+        if ok and job.changes:
+            self.degraded_reasons["memory"] = job.changes[-1]["description"]
+        self._fire(
+            Trigger.RECOVERED_DEGRADED if self.degraded_reasons else Trigger.RECOVERED,
+            reason=f"job {job.id} {'succeeded' if ok else 'was cancelled'} after recovery",
+        )
+
+    def _facts(self) -> dict[str, object]:
+        return {}
 
     async def _restart_after(self, delay_s: float, child_id: str, generation: int) -> None:
         await anyio.sleep(delay_s)

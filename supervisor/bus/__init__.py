@@ -1,0 +1,81 @@
+"""The event bus: typed events, a SQLite journal, bounded fan-out and WebSocket streaming.
+
+The WebSocket function lives in `supervisor.bus.websocket_stream` (it imports Starlette), so
+that importing the bus itself stays light.
+"""
+
+from supervisor.bus.event_bus import BusStats, EventBus
+from supervisor.bus.events import (
+    DATA_MODELS,
+    ActorCrashed,
+    ActorRestarted,
+    ActorStarted,
+    ActorStopped,
+    BusLagged,
+    Event,
+    EventData,
+    EventType,
+    JobCancelled,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobRetrying,
+    JobStage,
+    JobStarted,
+    JobSucceeded,
+    ModelAvailability,
+    ModelDownloadProgress,
+    ModelRepaired,
+    ModelStatus,
+    ModelVerified,
+    PressureLevel,
+    RecoveryAttempt,
+    RecoveryResult,
+    SupervisorStateName,
+    SupervisorTransition,
+    VramPressure,
+    VramSample,
+    VramSource,
+)
+from supervisor.bus.journal import Journal, JournalStats
+from supervisor.bus.schema import event_json_schema
+from supervisor.bus.subscription import Subscription
+
+__all__ = [
+    "DATA_MODELS",
+    "ActorCrashed",
+    "ActorRestarted",
+    "ActorStarted",
+    "ActorStopped",
+    "BusLagged",
+    "BusStats",
+    "Event",
+    "EventBus",
+    "EventData",
+    "EventType",
+    "JobCancelled",
+    "JobFailed",
+    "JobProgress",
+    "JobQueued",
+    "JobRetrying",
+    "JobStage",
+    "JobStarted",
+    "JobSucceeded",
+    "Journal",
+    "JournalStats",
+    "ModelAvailability",
+    "ModelDownloadProgress",
+    "ModelRepaired",
+    "ModelStatus",
+    "ModelVerified",
+    "PressureLevel",
+    "RecoveryAttempt",
+    "RecoveryResult",
+    "Subscription",
+    "SupervisorStateName",
+    "SupervisorTransition",
+    "VramPressure",
+    "VramSample",
+    "VramSource",
+    "event_json_schema",
+]

@@ -13,6 +13,8 @@ from supervisor.exceptions import ConfigError, ServerUnavailable
 __all__ = ["main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "supervisor.cli.explain_cmd",
+    "supervisor.cli.models_cmd",
     "supervisor.cli.schema_cmd",
     "supervisor.cli.serve_cmd",
     "supervisor.cli.state_cmd",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         log_config=None,
         lifespan="on",
         ws="websockets-sansio",
-        timeout_graceful_shutdown=settings.shutdown_timeout,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
     )
     server = _GracefulServer(config)
     server.run()

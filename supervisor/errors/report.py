@@ -83,6 +83,9 @@ class ErrorReport(BaseModel):
         status = _http_status(exc)
         tb = "".join(traceback_module.format_exception(exc))
         message = str(exc)
+        own_context = getattr(exc, "report_context", None)
+        merged = dict(own_context()) if callable(own_context) else {}
+        merged.update(context or {})
         return cls(
             exc_type=qualified_name(type(exc)),
             mro_names=mro_names,
@@ -94,7 +97,7 @@ class ErrorReport(BaseModel):
             device=device,
             job_id=job_id,
             traceback=tb[-MAX_TRACEBACK_CHARS:],
-            context=dict(context or {}),
+            context=merged,
         )
 
     @classmethod

@@ -1,0 +1,217 @@
+"""Jobs as the supervisor runs them: dispatch, outcomes, retries after a worker died.
+
+`JobFlow` is owned by the supervisor and called only from its loop, so job state and the state
+machine change together, one message at a time. It decides *what* happens to a job; the
+supervisor fires the transitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from actors.actor import Actor
+from actors.generator import CancelJob, JobOutcome, RunJob
+from supervisor.bus import events as ev
+from supervisor.diagnosis import Diagnosis
+from supervisor.errors.report import ErrorReport
+from supervisor.exceptions import ActorNotRunning, GenvisorError, MailboxFull
+from supervisor.jobs import Job, JobStatus, JobStore
+from supervisor.state_machine import State
+
+__all__ = ["CancelRefused", "Diagnose", "JobFlow"]
+
+log = logging.getLogger("genvisor.jobs")
+
+
+class Diagnose(Protocol):
+    def __call__(
+        self,
+        report: ErrorReport,
+        *,
+        applied: Sequence[str] = (),
+        facts: dict[str, object] | None = None,
+    ) -> Diagnosis: ...
+
+
+class CancelRefused(GenvisorError):
+    def __init__(self, *, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} is already {status}: nothing to cancel")
+
+
+class JobFlow:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        publish: Callable[[ev.EventData], object],
+        generator: Callable[[], Actor | None],
+        model_path: Callable[[str], Path],
+        output_dir: Path,
+        crash_retries: int,
+        diagnose: Diagnose,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._publish = publish
+        self._generator = generator
+        self._model_path = model_path
+        self.output_dir = output_dir
+        self._crash_retries = crash_retries
+        self.diagnose = diagnose
+        self._clock = clock
+        self.running: Job | None = None
+        # The job whose re-run decides whether a recovery worked (None: not recovering a job).
+        self.recovering_job_id: str | None = None
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def dispatch(self, state: State) -> None:
+        """Start the next job when the supervisor serves and the generator is free."""
+        if self.running is not None:
+            return
+        generator = self._generator()
+        if generator is None or not generator.running:
+            return
+        job = self.store.next_queued()
+        if job is None:
+            return
+        if state is State.RECOVERING:
+            if job.id != self.recovering_job_id:
+                return
+        elif state not in (State.READY, State.DEGRADED):
+            return
+        job.status = JobStatus.RUNNING
+        job.attempts += 1
+        job.started_ts = job.started_ts or self._clock()
+        job.stage, job.step, job.total_steps = "load", None, job.params.steps
+        message = RunJob(
+            job_id=job.id,
+            model=job.model,
+            model_path=self._model_path(job.model),
+            params=job.params,
+            options=job.options,
+            output_dir=self.output_dir,
+            attempt=job.attempts,
+            decode_only_from=job.decode_only_from,
+            applied_changes=tuple(c["description"] for c in job.changes),
+        )
+        try:
+            generator.tell_nowait(message)
+        except (ActorNotRunning, MailboxFull):
+            return
+        self.store.save(job)
+        self.running = job
+        self._publish(
+            ev.JobStarted(
+                job_id=job.id,
+                attempt=job.attempts,
+                model=job.model,
+                options=job.options.model_dump(mode="json"),
+            )
+        )
+
+    def progress(self, job_id: str, stage: str, step: int | None) -> None:
+        if self.running is not None and self.running.id == job_id:
+            self.running.stage, self.running.step = stage, step
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def take_running(self, job_id: str) -> Job | None:
+        job = self.running
+        if job is None or job.id != job_id:
+            return None
+        self.running = None
+        return job
+
+    def succeed(self, job: Job, outcome: JobOutcome) -> None:
+        done = outcome.done
+        assert done is not None
+        job.status = JobStatus.SUCCEEDED
+        job.finished_ts = self._clock()
+        job.output_path = done.output_path
+        job.decode_only_from = None
+        job.stage = "done"
+        job.result = {
+            "output": Path(done.output_path).name,
+            "sidecar": Path(done.sidecar_path).name,
+            "model": job.model,
+            "params_used": done.params_used.model_dump(mode="json"),
+            "options_used": done.options_used.model_dump(mode="json"),
+            "timings": {k.value: v for k, v in done.timings.items()},
+            "peak_memory_bytes": done.peak_memory_bytes,
+            "changes": list(job.changes),
+        }
+        self.store.save(job)
+        self._publish(
+            ev.JobSucceeded(
+                job_id=job.id,
+                output=Path(done.output_path).name,
+                changes=list(job.changes),
+                duration_s=round(job.finished_ts - (job.started_ts or job.created_ts), 3),
+            )
+        )
+
+    def fail(self, job: Job, diagnosis: Diagnosis) -> None:
+        job.status = JobStatus.FAILED
+        job.finished_ts = self._clock()
+        job.error = diagnosis.user_error
+        self.store.save(job)
+        self._publish(ev.JobFailed(job_id=job.id, error=diagnosis.user_error))
+
+    def retry(self, job: Job, *, reason: str, code: str, change: dict[str, Any] | None) -> None:
+        job.status = JobStatus.RETRYING
+        if change is not None:
+            job.changes.append(change)
+        self.store.save(job)
+        self._publish(
+            ev.JobRetrying(
+                job_id=job.id,
+                attempt=job.attempts + 1,
+                reason=reason,
+                error_code=code,
+                change=change,
+            )
+        )
+
+    def cancelled(self, job: Job) -> None:
+        job.status = JobStatus.CANCELLED
+        job.finished_ts = self._clock()
+        self.store.save(job)
+        self._publish(ev.JobCancelled(job_id=job.id))
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a waiting job at once, or ask the generator to stop the running one."""
+        job = self.store.get(job_id)
+        if job is None:
+            return None
+        if job.terminal:
+            raise CancelRefused(job_id=job_id, status=job.status.value)
+        if self.running is not None and self.running.id == job_id:
+            generator = self._generator()
+            if generator is not None:
+                generator.tell_nowait(CancelJob(job_id))
+            return self.running
+        self.cancelled(job)
+        return job
+
+    def worker_died(self, report: ErrorReport, diagnosis: Diagnosis) -> None:
+        """The generator crashed: the job it ran is retried (within bounds) or failed."""
+        job, self.running = self.running, None
+        if job is None:
+            return
+        if job.crash_retries < self._crash_retries:
+            job.crash_retries += 1
+            self.retry(
+                job,
+                reason=f"the worker process died ({report.message}); retrying on a new worker",
+                code=diagnosis.code,
+                change=None,
+            )
+        else:
+            self.fail(job, diagnosis)

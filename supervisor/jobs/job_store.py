@@ -1,0 +1,192 @@
+"""The durable job store: SQLite in WAL mode in the data directory.
+
+Invariants: a job is committed before `submit` returns (so before the API answers 202);
+the queue order is (priority desc, created asc, rowid asc); start-up turns every job left
+`running` or `retrying` by a dead server into `interrupted` and queues it again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from supervisor.jobs.job import TERMINAL, Job, JobStatus
+
+__all__ = ["JobStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    model TEXT NOT NULL,
+    params TEXT NOT NULL,
+    options TEXT NOT NULL,
+    allow_output_changes INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    started_ts REAL,
+    finished_ts REAL,
+    attempts INTEGER NOT NULL,
+    crash_retries INTEGER NOT NULL,
+    rungs_tried TEXT NOT NULL,
+    changes TEXT NOT NULL,
+    decode_only_from TEXT,
+    output_path TEXT,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, created_ts, rowid);
+"""
+
+_COLUMNS = (
+    "id model params options allow_output_changes priority status created_ts started_ts "
+    "finished_ts attempts crash_retries rungs_tried changes decode_only_from output_path "
+    "result error"
+).split()
+
+
+class JobStore:
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a job acknowledged with 202 survives a power cut, not just a process kill.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        row = job.to_row()
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join(':' + c for c in _COLUMNS)})",
+                row,
+            )
+        return job
+
+    def save(self, job: Job) -> None:
+        row = job.to_row()
+        sets = ", ".join(f"{c} = :{c}" for c in _COLUMNS if c != "id")
+        with self._tx() as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = :id", row)
+
+    def recover_interrupted(self) -> list[Job]:
+        """Start-up: jobs a dead server left running are marked interrupted and queued again."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE status IN (?, ?, ?) ORDER BY rowid",
+                (JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.INTERRUPTED),
+            ).fetchall()
+            jobs = [Job.from_row(dict(r)) for r in rows]
+            for job in jobs:
+                job.status = JobStatus.INTERRUPTED
+                db.execute(
+                    "UPDATE jobs SET status = ? WHERE id = ?", (JobStatus.INTERRUPTED, job.id)
+                )
+        return jobs
+
+    def purge_finished(self, older_than_s: float, now: float | None = None) -> int:
+        cutoff = (now if now is not None else time.time()) - older_than_s
+        marks = ",".join("?" * len(TERMINAL))
+        with self._tx() as db:
+            cur = db.execute(
+                f"DELETE FROM jobs WHERE status IN ({marks}) AND finished_ts < ?",
+                (*[s.value for s in TERMINAL], cutoff),
+            )
+        return cur.rowcount
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(dict(rows[0])) if rows else None
+
+    def next_queued(self) -> Job | None:
+        rows = self._query(
+            "SELECT * FROM jobs WHERE status IN (?, ?, ?) "
+            "ORDER BY priority DESC, created_ts, rowid LIMIT 1",
+            (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.INTERRUPTED),
+        )
+        return Job.from_row(dict(rows[0])) if rows else None
+
+    def list(
+        self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Job]:
+        if status is None:
+            rows = self._query(
+                "SELECT * FROM jobs ORDER BY rowid DESC LIMIT ? OFFSET ?", (limit, offset)
+            )
+        else:
+            rows = self._query(
+                "SELECT * FROM jobs WHERE status = ? ORDER BY rowid DESC LIMIT ? OFFSET ?",
+                (status.value, limit, offset),
+            )
+        return [Job.from_row(dict(r)) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        counts = {s.value: 0 for s in JobStatus}
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
+
+    def waiting(self) -> int:
+        rows = self._query(
+            "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?, ?)",
+            (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.INTERRUPTED),
+        )
+        return int(rows[0][0])
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1-based position among waiting jobs, or None when it is not waiting."""
+        job = self.get(job_id)
+        if job is None or job.status not in (
+            JobStatus.QUEUED,
+            JobStatus.RETRYING,
+            JobStatus.INTERRUPTED,
+        ):
+            return None
+        rows = self._query(
+            "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?, ?) AND "
+            "(priority > ? OR (priority = ? AND created_ts < ?) OR "
+            "(priority = ? AND created_ts = ? AND rowid < (SELECT rowid FROM jobs WHERE id = ?)))",
+            (
+                JobStatus.QUEUED,
+                JobStatus.RETRYING,
+                JobStatus.INTERRUPTED,
+                job.priority,
+                job.priority,
+                job.created_ts,
+                job.priority,
+                job.created_ts,
+                job_id,
+            ),
+        )
+        return int(rows[0][0]) + 1
