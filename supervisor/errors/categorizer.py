@@ -1,0 +1,131 @@
+"""ErrorReport (+ context) -> Categorization.
+
+Order, first decision wins:
+1. the exception's classes, most specific first (type_rules.py): a clear type is never
+   overridden by text or context;
+2. the errno a text report states (`[Errno 28] ...`);
+3. the compiled text rules of config/error_patterns.toml;
+4. `UNKNOWN.ERROR`.
+Then context may refine: an out-of-memory with enough reserved-but-unallocated memory becomes
+`VRAM.FRAGMENTED`; host-memory exhaustion becomes `VRAM.EXHAUSTED` when the pipeline runs on the
+CPU (host RAM is its device memory).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from supervisor.errors.categories import (
+    Categorization,
+    CategorizationContext,
+    ErrorCode,
+    Severity,
+)
+from supervisor.errors.pattern_rules import PatternRuleSet, load_pattern_rules
+from supervisor.errors.report import ErrorReport
+from supervisor.errors.traceback_text import extract_facts, is_fragmented
+from supervisor.errors.type_rules import (
+    ERRNO_CODES,
+    TypeRuleTable,
+    default_type_rules,
+    errno_of,
+)
+
+__all__ = ["DEFAULT_PATTERNS_PATH", "Categorizer", "default_categorizer"]
+
+DEFAULT_PATTERNS_PATH = Path(__file__).resolve().parents[2] / "config" / "error_patterns.toml"
+
+# Only the head of a message is read: the deciding words come first in every library's wording,
+# and a 4000-character list of missing keys must not cost more than a short message.
+_SCAN_CHARS = 2000
+
+
+class Categorizer:
+    __slots__ = ("_patterns", "_types")
+
+    def __init__(self, patterns: PatternRuleSet, types: TypeRuleTable | None = None) -> None:
+        self._patterns = patterns
+        self._types = types or default_type_rules()
+
+    @classmethod
+    def from_config(cls, path: Path | None = None) -> Categorizer:
+        return cls(load_pattern_rules(path or _patterns_path()))
+
+    @property
+    def patterns(self) -> PatternRuleSet:
+        return self._patterns
+
+    def categorize(
+        self, report: ErrorReport, context: CategorizationContext | None = None
+    ) -> Categorization:
+        ctx = context if context is not None else CategorizationContext.from_report(report)
+        # The class name is part of the text the rules read: a pasted `DefaultCPUAllocator: not
+        # enough memory` puts the deciding word where a class name would be.
+        head = report.message[:_SCAN_CHARS]
+        lowered = f"{report.exc_type}: {head}".lower() if report.exc_type else head.lower()
+        result = self._by_type(report, lowered)
+        if result is None:
+            result = self._by_text(report, lowered)
+        return self._refine(result, report, ctx)
+
+    def _by_type(self, report: ErrorReport, lowered: str) -> Categorization | None:
+        if not report.exc_type:
+            return None
+        for name in (report.exc_type, *report.mro_names):
+            rule = self._types.lookup(name)
+            if rule is None:
+                continue
+            if rule.handler is not None:
+                code = rule.handler(report, lowered)
+                if code is not None:
+                    return Categorization.of(code, f"type:{name}")
+            if rule.within is not None:
+                match = self._patterns.first_match(lowered, rule.within)
+                if match is not None:
+                    return Categorization.of(
+                        match.code, f"type:{name}+pattern:{match.name}", match.severity
+                    )
+            if rule.code is not None:
+                return Categorization.of(rule.code, f"type:{name}")
+        return None
+
+    def _by_text(self, report: ErrorReport, lowered: str) -> Categorization:
+        number = errno_of(report, lowered)
+        if number is not None and number in ERRNO_CODES:
+            return Categorization.of(ERRNO_CODES[number], f"errno:{number}")
+        match = self._patterns.first_match(lowered)
+        if match is not None:
+            return Categorization.of(match.code, f"pattern:{match.name}", match.severity)
+        return Categorization.of(ErrorCode.UNKNOWN_ERROR, "fallback")
+
+    def _refine(
+        self, result: Categorization, report: ErrorReport, ctx: CategorizationContext
+    ) -> Categorization:
+        if result.code is ErrorCode.VRAM_EXHAUSTED and "unallocated" in report.message:
+            if is_fragmented(extract_facts(report.message)):
+                return Categorization.of(
+                    ErrorCode.VRAM_FRAGMENTED, result.rule + "+fragmented", result.severity
+                )
+        if result.code is ErrorCode.SYSTEM_HOST_MEMORY and ctx.pipeline_on_cpu:
+            return Categorization.of(
+                ErrorCode.VRAM_EXHAUSTED, result.rule + "+cpu-pipeline", Severity.HIGH
+            )
+        return result
+
+
+def _patterns_path() -> Path:
+    # The settings module knows the config directory (GENVISOR_CONFIG_DIR); it is imported
+    # lazily so that categorizing never depends on loading settings.
+    try:
+        from supervisor.settings import CONFIG_DIR
+    except ImportError:  # pragma: no cover - settings is part of the package
+        return DEFAULT_PATTERNS_PATH
+    candidate = Path(CONFIG_DIR) / "error_patterns.toml"
+    return candidate if candidate.is_file() else DEFAULT_PATTERNS_PATH
+
+
+@lru_cache(maxsize=1)
+def default_categorizer() -> Categorizer:
+    """The categorizer built from the default rules file, compiled once per process."""
+    return Categorizer.from_config()

@@ -1,0 +1,135 @@
+"""Text rules from `config/error_patterns.toml`, compiled once.
+
+A rule matches when one of its lower-case `any` literals occurs in the lowered message and, if
+it has `regex` entries, one of them also matches. The literal test is a cheap prefilter: most
+rules are rejected by a few substring searches, and a regex only runs where its words occur.
+Rules are tried in file order; the first match wins, so specific rules come before general ones.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from supervisor.errors.categories import Category, ErrorCode, Severity
+from supervisor.exceptions import ConfigError
+
+__all__ = ["PatternRule", "PatternRuleSet", "load_pattern_rules"]
+
+
+class _RuleModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    code: ErrorCode
+    any: list[str] = Field(min_length=1)
+    regex: list[str] = Field(default_factory=list)
+    severity: Severity | None = None
+    # The code to use instead when the pipeline runs on the CPU (host RAM is device memory).
+    cpu_pipeline_code: ErrorCode | None = None
+
+    @field_validator("any")
+    @classmethod
+    def _lower_literals(cls, value: list[str]) -> list[str]:
+        for literal in value:
+            if literal != literal.lower() or not literal:
+                raise ValueError(f"literal {literal!r} must be non-empty lower case")
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _compilable(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"regex {pattern!r} does not compile: {exc}") from exc
+        return value
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    rule: list[_RuleModel] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PatternRule:
+    name: str
+    code: ErrorCode
+    literals: tuple[str, ...]
+    regex: re.Pattern[str] | None
+    severity: Severity | None
+    cpu_pipeline_code: ErrorCode | None
+
+    def matches(self, lowered: str) -> bool:
+        for literal in self.literals:
+            if literal in lowered:
+                return self.regex is None or self.regex.search(lowered) is not None
+        return False
+
+
+class PatternRuleSet:
+    """An ordered list of compiled rules."""
+
+    __slots__ = ("_rules",)
+
+    def __init__(self, rules: Sequence[PatternRule]) -> None:
+        self._rules = tuple(rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    @property
+    def rules(self) -> tuple[PatternRule, ...]:
+        return self._rules
+
+    def first_match(
+        self, lowered: str, within: frozenset[Category] | None = None
+    ) -> PatternRule | None:
+        """The first rule that matches `lowered`; with `within`, only rules of those categories."""
+        for rule in self._rules:
+            if within is not None and rule.code.category not in within:
+                continue
+            if rule.matches(lowered):
+                return rule
+        return None
+
+
+def load_pattern_rules(path: Path) -> PatternRuleSet:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        parsed = _FileModel.model_validate(raw)
+    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ConfigError(
+            key="error_patterns", value=str(path), allowed=f"a valid rules file ({exc})"
+        ) from exc
+    names = [r.name for r in parsed.rule]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(key="error_patterns", value=duplicates, allowed="unique rule names")
+    return PatternRuleSet([_compile(r) for r in parsed.rule])
+
+
+def _compile(model: _RuleModel) -> PatternRule:
+    # Rules run on lowered text, so the regexes are written in lower case; IGNORECASE stays on
+    # for safety when a rule author writes an upper-case class like `\bCUDA\b`.
+    regex = (
+        re.compile("|".join(f"(?:{p})" for p in model.regex), re.IGNORECASE)
+        if model.regex
+        else None
+    )
+    return PatternRule(
+        name=model.name,
+        code=model.code,
+        literals=tuple(model.any),
+        regex=regex,
+        severity=model.severity,
+        cpu_pipeline_code=model.cpu_pipeline_code,
+    )

@@ -1,0 +1,156 @@
+"""UserError: what a person sees. Built by `explain` from a report, its categorization and the
+facts known about the job, rendered as JSON (pydantic) and as HTML in which every string that
+came from a user or an error is escaped.
+
+Facts precedence: what the error itself says (sizes, paths in its message) wins over the
+report's context, which wins over facts passed by the caller. A caller's context never
+rewrites what the error stated.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from supervisor.errors.catalog import MAX_SUGGESTIONS, MessageCatalog, default_catalog, render
+from supervisor.errors.categories import Categorization, Category, ErrorCode, Severity
+from supervisor.errors.categorizer import default_categorizer
+from supervisor.errors.report import ErrorReport, Stage
+from supervisor.errors.traceback_text import extract_facts, format_bytes
+
+__all__ = ["TechnicalDetails", "UserError", "explain"]
+
+_BYTE_FACTS = {"requested_bytes": "required", "free_bytes": "free", "total_bytes": "total"}
+
+
+class TechnicalDetails(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    stage: Stage
+    device: str | None
+    traceback: str
+    rule: str = ""
+
+
+class UserError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    category: Category
+    severity: Severity
+    title: str
+    message: str
+    suggestions: list[str] = Field(default_factory=list, max_length=MAX_SUGGESTIONS)
+    applied_recovery: list[str] = Field(default_factory=list)
+    technical: TechnicalDetails
+    job_id: str | None = None
+    ts: float = Field(default_factory=time.time)
+
+    def to_html(self) -> str:
+        """A self-contained fragment; every value is escaped (quotes included)."""
+        e = _escape
+        parts = [
+            f'<div class="genvisor-error" data-code="{e(self.code)}" '
+            f'data-category="{e(self.category)}" data-severity="{e(self.severity)}">',
+            f"<h3>{e(self.title)}</h3>",
+            f"<p>{e(self.message)}</p>",
+        ]
+        if self.suggestions:
+            items = "".join(f"<li>{e(s)}</li>" for s in self.suggestions)
+            parts.append(f'<ul class="suggestions">{items}</ul>')
+        if self.applied_recovery:
+            items = "".join(f"<li>{e(s)}</li>" for s in self.applied_recovery)
+            parts.append(f'<ul class="applied-recovery">{items}</ul>')
+        t = self.technical
+        job = f"<dt>job</dt><dd>{e(self.job_id)}</dd>" if self.job_id else ""
+        parts.append(
+            "<details><summary>Technical details</summary><dl>"
+            f"<dt>code</dt><dd>{e(self.code)}</dd>{job}"
+            f"<dt>type</dt><dd>{e(t.type)}</dd><dt>stage</dt><dd>{e(t.stage)}</dd>"
+            f"<dt>device</dt><dd>{e(t.device or '')}</dd></dl>"
+            f"<pre>{e(t.message)}</pre><pre>{e(t.traceback)}</pre></details>"
+        )
+        parts.append("</div>")
+        return "".join(parts)
+
+
+def explain(
+    report: ErrorReport,
+    categorization: Categorization | None = None,
+    *,
+    facts: Mapping[str, object] | None = None,
+    applied: Sequence[str] = (),
+    catalog: MessageCatalog | None = None,
+) -> UserError:
+    """The user-facing message for `report`. `applied` names the recovery actions (suggestion
+    ids) the system already carried out: they are reported, not suggested again."""
+    verdict = categorization or default_categorizer().categorize(report)
+    book = catalog or default_catalog()
+    values = _template_values(report, verdict, facts or {})
+    entry = book.entry(verdict.code)
+    done = set(applied)
+    suggestions = [render(s.text, values) for s in entry.suggestions if s.id not in done]
+    return UserError(
+        code=verdict.code,
+        category=verdict.category,
+        severity=verdict.severity,
+        title=render(entry.title, values),
+        message=render(entry.message, values),
+        suggestions=suggestions[:MAX_SUGGESTIONS],
+        applied_recovery=[book.done_text(action, values) for action in dict.fromkeys(applied)],
+        technical=TechnicalDetails(
+            type=report.exc_type,
+            message=report.message,
+            stage=report.stage,
+            device=report.device,
+            traceback=report.traceback,
+            rule=verdict.rule,
+        ),
+        job_id=report.job_id,
+        ts=report.ts,
+    )
+
+
+def _template_values(
+    report: ErrorReport, verdict: Categorization, caller: Mapping[str, object]
+) -> dict[str, object]:
+    values: dict[str, object] = {k: v for k, v in caller.items() if v is not None}
+    values.update({k: v for k, v in report.context.items() if v is not None})
+    values.update(extract_facts(report.message))
+    for key, name in _BYTE_FACTS.items():
+        raw = values.get(key)
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            values[name] = format_bytes(raw)
+    values.setdefault("device", _device_label(values, report))
+    if values.get("device") is None:
+        values.pop("device")
+    if report.http_status is not None:
+        values.setdefault("status", report.http_status)
+    if report.errno_name:
+        values.setdefault("errno_name", report.errno_name)
+    if report.exc_type:
+        values.setdefault("type", report.exc_type)
+    values.setdefault("stage", report.stage.value)
+    values.setdefault("code", verdict.code.value)
+    if values.get("model") is None and values.get("repo_id") is not None:
+        values["model"] = values["repo_id"]
+    return values
+
+
+def _device_label(values: Mapping[str, object], report: ErrorReport) -> object:
+    name = values.get("device_name")
+    if name:
+        return name
+    index = values.get("device_index")
+    if isinstance(index, int):
+        return f"GPU {index}"
+    return report.device
+
+
+def _escape(value: object) -> str:
+    return html.escape(str(value), quote=True)

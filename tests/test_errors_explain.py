@@ -1,0 +1,176 @@
+"""User-facing messages: real facts in templates, safe fallbacks, applied recovery, safe HTML,
+and the `genvisor explain` command."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+
+from supervisor.cli.main import main
+from supervisor.errors import (
+    ErrorCode,
+    ErrorReport,
+    Stage,
+    UserError,
+    default_catalog,
+    default_categorizer,
+    explain,
+    last_exception_text,
+    report_from_text,
+)
+
+OOM = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 14.20 GiB. GPU 0 has a total "
+    "capacity of 15.99 GiB of which 11.80 GiB is free. Of the allocated memory 3.00 GiB is "
+    "allocated by PyTorch, and 20.00 MiB is reserved by PyTorch but unallocated."
+)
+HOSTILE = '<script>alert("x")</script>'
+
+
+def test_message_carries_required_and_free_memory_and_device_name() -> None:
+    report = report_from_text(OOM, stage=Stage.DENOISE, device="cuda:0")
+    user = explain(report, facts={"device_name": "NVIDIA RTX 4080", "width": 1280, "height": 720})
+    assert user.code is ErrorCode.VRAM_EXHAUSTED
+    assert "14.2 GiB" in user.message
+    assert "11.8 GiB" in user.message
+    assert "NVIDIA RTX 4080" in user.message
+    assert "NVIDIA RTX 4080" in user.title
+    assert any("1280x720" in s for s in user.suggestions)
+
+
+def test_the_error_s_own_words_beat_caller_facts() -> None:
+    report = report_from_text(OOM)
+    user = explain(report, facts={"requested_bytes": 1, "free_bytes": 2})
+    assert "14.2 GiB" in user.message
+    assert "11.8 GiB" in user.message
+
+
+def test_missing_variables_fall_back_without_crashing() -> None:
+    catalog = default_catalog()
+    for code in ErrorCode:
+        report = ErrorReport(exc_type="", message="")
+        verdict = default_categorizer().categorize(report)
+        user = explain(report, verdict.__class__.of(code, "test"), catalog=catalog)
+        for text in (user.title, user.message, *user.suggestions):
+            assert text, code
+            assert not re.search(r"\{\w*\}", text), (code, text)
+            assert "(unknown)" not in text, (code, text)
+        assert len(user.suggestions) <= 7
+
+
+def test_applied_actions_are_reported_not_suggested() -> None:
+    report = report_from_text(OOM)
+    plain = explain(report)
+    applied = explain(report, applied=["enable_vae_tiling", "restart_worker"])
+    ids = [s.id for s in default_catalog().entry(ErrorCode.VRAM_EXHAUSTED).suggestions]
+    assert ids[0] == "enable_vae_tiling"
+    assert len(applied.suggestions) == len(plain.suggestions) - 1
+    assert not any("VAE tiling" in s for s in applied.suggestions)
+    assert applied.applied_recovery == [
+        "Enabled VAE tiling and retried",
+        "Restarted the generation worker",
+    ]
+
+
+def test_html_escapes_every_user_and_error_string() -> None:
+    report = ErrorReport(
+        exc_type="OSError",
+        message=f"[Errno 28] No space left on device: '/out/{HOSTILE}.mp4'",
+        errno=28,
+        job_id=f"job-{HOSTILE}",
+        device=HOSTILE,
+        traceback=f'File "{HOSTILE}.py"',
+        context={"prompt": HOSTILE},
+    )
+    user = explain(report, facts={"device_name": HOSTILE, "model": HOSTILE})
+    assert HOSTILE in user.message  # the JSON form keeps the text as it is
+    page = user.to_html()
+    assert "<script" not in page
+    assert "</script" not in page
+    assert "&lt;script&gt;" in page
+    assert "&quot;x&quot;" in page
+    # The only tags are the fragment's own.
+    assert set(re.findall(r"</?([a-z0-9]+)", page)) <= {
+        "div", "h3", "p", "ul", "li", "details", "summary", "dl", "dt", "dd", "pre",
+    }  # fmt: skip
+
+
+def test_user_error_round_trips_through_json() -> None:
+    user = explain(report_from_text(OOM), applied=["lower_resolution"])
+    again = UserError.model_validate_json(user.model_dump_json())
+    assert again == user
+    assert set(json.loads(user.model_dump_json())) == {
+        "code", "category", "severity", "title", "message", "suggestions",
+        "applied_recovery", "technical", "job_id", "ts",
+    }  # fmt: skip
+
+
+CHAINED = """Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/huggingface_hub/file_download.py", line 1484, in _raise
+    raise LocalEntryNotFoundError(
+huggingface_hub.errors.LocalEntryNotFoundError: An error happened while trying to locate the file
+on the Hub and we cannot find the requested files in the local cache.
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/app/load.py", line 9, in <module>
+    with safe_open(path, framework="pt") as f:
+safetensors_rust.SafetensorError: Error while deserializing header: MetadataIncompleteBuffer
+"""
+
+
+def test_traceback_text_uses_the_last_exception() -> None:
+    assert last_exception_text(CHAINED) == (
+        "safetensors_rust.SafetensorError: Error while deserializing header: "
+        "MetadataIncompleteBuffer"
+    )
+    report = report_from_text(CHAINED)
+    assert report.exc_type == "safetensors_rust.SafetensorError"
+    assert report.traceback.startswith("Traceback")
+    assert default_categorizer().categorize(report).code is ErrorCode.MODEL_INCOMPLETE
+    assert last_exception_text("CUDA error: out of memory") == "CUDA error: out of memory"
+
+
+def test_cli_json_from_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "--json", OOM]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {
+        "category": "vram_memory",
+        "severity": "high",
+        "code": "VRAM.EXHAUSTED",
+        "recoverable": True,
+        "title": "Not enough memory on GPU 0",
+    }
+
+
+def test_cli_reads_a_traceback_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(CHAINED))
+    assert main(["explain"]) == 0
+    out = capsys.readouterr().out
+    assert "A model file is incomplete" in out
+    assert "MODEL.INCOMPLETE" in out
+
+
+def test_cli_lines_gives_one_json_object_per_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = "OSError: [Errno 30] Read-only file system: '/usr'\n\nHeaderTooLarge\nnothing known\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    assert main(["explain", "--lines"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["code"] for r in rows] == ["FS.READ_ONLY", "MODEL.CORRUPTED", "UNKNOWN.ERROR"]
+    assert all(set(r) == {"category", "severity", "code", "recoverable", "title"} for r in rows)
+
+
+def test_cli_refuses_empty_input(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("  \n"))
+    assert main(["explain"]) == 2
+    assert "no error text" in capsys.readouterr().err
