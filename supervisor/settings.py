@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -58,6 +58,37 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     stall_timeout: float = Field(default=30.0, gt=0)
     heartbeat_interval: float = Field(default=1.0, gt=0)
+
+    # Model store (actors/models). None: the standard Hugging Face cache / endpoint / stored token.
+    allow_downloads: bool = True
+    allow_pickle_weights: bool = False
+    hf_token: SecretStr | None = None
+    hf_endpoint: str | None = None
+    hf_cache_dir: Path | None = None
+    models_file: Path | None = None
+    download_retries: int = Field(default=4, ge=0, le=20)
+    download_backoff_base: float = Field(default=1.0, ge=0)
+    download_backoff_max: float = Field(default=30.0, ge=0)
+    cancel_grace: float = Field(default=10.0, gt=0)
+    worker_start_timeout: float = Field(default=180.0, gt=0)
+    # A job running when its worker crashed or hung is tried again this many times.
+    job_crash_retries: int = Field(default=1, ge=0)
+    default_model: str = "tiny-wan"
+    queue_max: int = Field(default=100, ge=1)
+    max_prompt_chars: int = Field(default=2000, ge=1, le=20000)
+    max_request_bytes: int = Field(default=65536, ge=1024)
+    job_retention_days: float = Field(default=30.0, gt=0)
+
+    # VRAM monitor, pre-flight and the recovery ladder (issue 6)
+    vram_sample_interval: float = Field(default=0.5, gt=0)
+    memory_reserve: ByteSize = Field(default=ByteSize(256 * 1024**2), ge=0)
+    max_recovery_attempts: int = Field(default=6, ge=0)
+    pressure_warning: float = Field(default=0.85, gt=0, lt=1)
+    pressure_critical: float = Field(default=0.95, gt=0, le=1)
+    expect_gpu: bool = False
+    clear_learned_strategies: bool = False
+    # Worker memory cap ("2GiB"; empty = none): CUDA memory fraction, or RLIMIT_AS on the CPU.
+    device_memory_limit: str = Field(default="", pattern=r"^(|\s*\d+(\.\d+)?\s*[A-Za-z]*\s*)$")
 
     @field_validator("allowed_origins")
     @classmethod

@@ -1,0 +1,262 @@
+"""Runs one job on the loaded pipeline, stage by stage: encode → denoise → decode → save.
+
+The denoiser runs with `output_type="latent"` and the VAE decodes as a separate step, so each
+stage is timed and blamed exactly, and the latents survive a decode failure: they are written
+next to the outputs and named in `Failed.latents_path`, and a `Generate` with
+`decode_only_from` re-runs the decode alone (e.g. with VAE tiling after an out-of-memory).
+
+Cancellation is cooperative: the cancel event is checked at every denoising step (setting the
+pipeline's interrupt flag, so it stops at the next step) and between stages.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+
+from actors.worker.pipeline_host import PipelineHost
+from actors.worker.protocol import (
+    Cancelled,
+    Done,
+    Failed,
+    Generate,
+    JobStage,
+    Progress,
+    StageTiming,
+)
+from actors.worker.video_output import OutputPaths, output_paths, remove_partials, write_outputs
+from supervisor.errors.report import ErrorReport
+from supervisor.exceptions import JobCancelled
+
+__all__ = ["JobRun", "run_generation"]
+
+Emit = Callable[[BaseModel], None]
+_LATENTS_KEY = "latents"
+
+
+@dataclass
+class JobRun:
+    """One job in flight. `cancel` is set by the channel reader thread."""
+
+    request: Generate
+    host: PipelineHost
+    emit: Emit
+    model_name: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    last_progress_ts: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[JobStage, float] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    def progress(self, stage: JobStage, step: int | None = None, total: int | None = None) -> None:
+        self.last_progress_ts = time.time()
+        elapsed = time.perf_counter() - self.started
+        self.emit(
+            Progress(job_id=self.job_id, stage=stage, step=step, total=total, elapsed_s=elapsed)
+        )
+
+    def check_cancel(self, stage: JobStage) -> None:
+        if self.cancel.is_set():
+            raise JobCancelled(job_id=self.job_id, stage=stage.value)
+
+    def timed(self, stage: JobStage, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self.timings[stage] = seconds
+        self.emit(StageTiming(job_id=self.job_id, stage=stage, seconds=seconds))
+
+
+def _encode(run: JobRun) -> tuple[torch.Tensor, torch.Tensor | None]:
+    pipe = run.host.require()
+    params = run.request.params
+    with torch.inference_mode():
+        positive, negative = pipe.encode_prompt(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            do_classifier_free_guidance=params.guidance_scale > 1.0,
+            num_videos_per_prompt=1,
+            device=run.host.execution_device,
+        )
+    return positive, negative
+
+
+def _denoise(run: JobRun, positive: torch.Tensor, negative: torch.Tensor | None) -> torch.Tensor:
+    pipe = run.host.require()
+    params = run.request.params
+
+    def on_step_end(
+        pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        run.progress(JobStage.DENOISE, step + 1, params.steps)
+        if run.cancel.is_set():
+            # WanPipeline skips every remaining step once its interrupt flag is up.
+            pipeline._interrupt = True
+        return kwargs
+
+    # A CPU generator makes the initial noise identical on every device for one seed.
+    generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    output = pipe(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        generator=generator,
+        output_type="latent",
+        callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    latents: torch.Tensor = output.frames
+    return latents
+
+
+def _decode(run: JobRun, latents: torch.Tensor) -> npt.NDArray[np.uint8]:
+    pipe = run.host.require()
+    vae = pipe.vae
+    z_dim = vae.config.z_dim
+    with torch.inference_mode():
+        z = latents.to(run.host.execution_device, dtype=vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(z)
+        std = torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(z)
+        video = vae.decode(z * std + mean, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="np")
+    scaled = np.clip(np.rint(np.asarray(frames[0]) * 255.0), 0, 255)
+    return scaled.astype(np.uint8)
+
+
+def _save_latents(path: Path, latents: torch.Tensor, run: JobRun) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    save_file(
+        {_LATENTS_KEY: latents.detach().to("cpu", torch.float32).contiguous()},
+        str(tmp),
+        metadata={"job_id": run.job_id, "params": run.request.params.model_dump_json()},
+    )
+    tmp.replace(path)
+
+
+def _peak_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(torch.device(device)))
+    # ru_maxrss is in KiB on Linux and covers the process lifetime.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _sidecar(run: JobRun, paths: OutputPaths, frame_count: int) -> dict[str, Any]:
+    request = run.request
+    return {
+        "job_id": run.job_id,
+        "model": run.model_name,
+        "prompt": request.params.prompt,
+        "negative_prompt": request.params.negative_prompt,
+        "seed": request.params.seed,
+        "params_used": request.params.model_dump(mode="json"),
+        "options_used": request.options.model_dump(mode="json"),
+        "applied_changes": list(request.applied_changes),
+        "decode_only_from": request.decode_only_from,
+        "frames_written": frame_count,
+        "video": paths.video.name,
+        "timings_s": {stage.value: round(s, 6) for stage, s in run.timings.items()},
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "created_at": time.time(),
+    }
+
+
+def run_generation(run: JobRun) -> Done | Failed | Cancelled:
+    """Run the job; every outcome is a message, never an exception."""
+    request = run.request
+    paths = output_paths(Path(request.output_dir), run.job_id)
+    paths.video.parent.mkdir(parents=True, exist_ok=True)
+    device = request.options.device
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+    stage = JobStage.ENCODE
+    latents: torch.Tensor | None = None
+    failure: ErrorReport | None = None
+    try:
+        if request.decode_only_from is not None:
+            latents = load_file(request.decode_only_from)[_LATENTS_KEY]
+        else:
+            run.progress(stage)
+            started = time.perf_counter()
+            positive, negative = _encode(run)
+            run.timed(stage, started)
+            run.check_cancel(stage)
+            stage = JobStage.DENOISE
+            started = time.perf_counter()
+            latents = _denoise(run, positive, negative)
+            del positive, negative
+            run.timed(stage, started)
+            run.check_cancel(stage)
+        stage = JobStage.DECODE
+        run.progress(stage)
+        started = time.perf_counter()
+        frames = _decode(run, latents)
+        run.timed(stage, started)
+        run.check_cancel(stage)
+        stage = JobStage.SAVE
+        run.progress(stage)
+        started = time.perf_counter()
+        write_outputs(paths, frames, request.params.fps, _sidecar(run, paths, len(frames)))
+        run.timed(stage, started)
+    except JobCancelled:
+        remove_partials(paths)
+        return Cancelled(job_id=run.job_id, stage=stage)
+    except Exception as exc:  # every failure becomes a report for the control side
+        remove_partials(paths)
+        failure = ErrorReport.from_exception(
+            exc,
+            stage=stage.error_stage,
+            device=device,
+            job_id=run.job_id,
+            context={"model": run.model_name},
+        )
+    if failure is not None:
+        # Outside the except block the traceback (and the buffers its frames hold) is gone;
+        # collect now so the next job starts from a clean heap. Not on success: a full
+        # collection costs ~0.2 s with torch loaded, as much as a whole tiny job.
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        kept = _keep_latents(run, stage, latents, paths)
+        return Failed(job_id=run.job_id, report=failure, latents_path=kept)
+    return Done(
+        job_id=run.job_id,
+        output_path=str(paths.video),
+        sidecar_path=str(paths.sidecar),
+        timings=dict(run.timings),
+        peak_memory_bytes=_peak_memory_bytes(device),
+        params_used=request.params,
+        options_used=request.options,
+    )
+
+
+def _keep_latents(
+    run: JobRun, stage: JobStage, latents: torch.Tensor | None, paths: OutputPaths
+) -> str | None:
+    if stage is not JobStage.DECODE or latents is None:
+        return None
+    if run.request.decode_only_from is not None:
+        return run.request.decode_only_from
+    try:
+        _save_latents(paths.latents, latents, run)
+    except Exception:
+        # The decode failure is the one to report; without latents only a full re-run helps.
+        return None
+    return str(paths.latents)

@@ -1,0 +1,144 @@
+"""Holds the loaded `WanPipeline` of the worker and applies `PipelineOptions` to it.
+
+Options fall in two groups. Cheap ones (VAE tiling and slicing) are toggled on the loaded
+pipeline between jobs. Structural ones (dtype, device, fp8 layerwise casting, offload) change
+how weights are stored or placed; hooks installed by casting and offload cannot be removed
+reliably, so a change there reloads from disk. Either way `load_s` and `reloaded` tell the
+control side which one happened.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import WanPipeline
+
+from actors.worker.protocol import Dtype, Offload, PipelineOptions
+from supervisor.exceptions import UnsupportedOption
+
+__all__ = ["LoadResult", "PipelineHost", "torch_dtype"]
+
+_DTYPES = {
+    Dtype.FLOAT32: torch.float32,
+    Dtype.BFLOAT16: torch.bfloat16,
+    Dtype.FLOAT16: torch.float16,
+}
+
+
+def torch_dtype(dtype: Dtype) -> torch.dtype:
+    return _DTYPES[dtype]
+
+
+def _structural(options: PipelineOptions) -> tuple[object, ...]:
+    return (options.dtype, options.device, options.layerwise_fp8, options.offload)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    options: PipelineOptions
+    load_s: float
+    reloaded: bool
+
+
+def check_supported(options: PipelineOptions) -> None:
+    """Raise `UnsupportedOption` for what this machine cannot do, before touching weights."""
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnsupportedOption(
+            option="device", value=options.device, device="this machine", reason="no CUDA device"
+        )
+    if options.offload is not Offload.NONE and not options.device.startswith("cuda"):
+        raise UnsupportedOption(
+            option="offload",
+            value=options.offload.value,
+            device=options.device,
+            reason=(
+                "offloading moves weights between an accelerator and host memory; "
+                "on the CPU the weights already live in host memory (use offload='none')"
+            ),
+        )
+
+
+class PipelineHost:
+    def __init__(self) -> None:
+        # diffusers is only partly typed: the pipeline is handled as Any.
+        self.pipe: Any = None
+        self.model_path: Path | None = None
+        self.options: PipelineOptions | None = None
+
+    @property
+    def execution_device(self) -> torch.device:
+        assert self.pipe is not None
+        device: torch.device = self.pipe._execution_device
+        return device
+
+    def require(self) -> Any:
+        if self.pipe is None:
+            raise RuntimeError("no pipeline loaded: send Load before Generate")
+        return self.pipe
+
+    def ensure(self, model_path: Path, options: PipelineOptions) -> LoadResult:
+        """Make the loaded pipeline match `model_path` and `options`, reloading only if needed."""
+        check_supported(options)
+        started = time.perf_counter()
+        needs_reload = (
+            self.pipe is None
+            or self.options is None
+            or self.model_path != model_path
+            or _structural(self.options) != _structural(options)
+        )
+        if needs_reload:
+            self._unload()
+            self.pipe = self._load(model_path, options)
+            self.model_path = model_path
+        self._apply_cheap(options)
+        self.options = options
+        return LoadResult(
+            options=options, load_s=time.perf_counter() - started, reloaded=needs_reload
+        )
+
+    def _unload(self) -> None:
+        self.pipe = None
+        self.options = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self, model_path: Path, options: PipelineOptions) -> Any:
+        dtype = torch_dtype(options.dtype)
+        # Wan's VAE is meant to run in float32 (its docs: better decode quality); the
+        # transformer and text encoder take the requested dtype.
+        pipe: Any = WanPipeline.from_pretrained(str(model_path), dtype=dtype, use_safetensors=True)
+        pipe.vae.to(torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        if options.layerwise_fp8:
+            pipe.transformer.enable_layerwise_casting(
+                storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype
+            )
+        if options.offload is Offload.NONE:
+            pipe.to(options.device)
+        elif options.offload is Offload.MODEL:
+            pipe.enable_model_cpu_offload(device=options.device)
+        elif options.offload is Offload.SEQUENTIAL:
+            pipe.enable_sequential_cpu_offload(device=options.device)
+        else:
+            pipe.enable_group_offload(
+                onload_device=torch.device(options.device),
+                offload_device=torch.device("cpu"),
+                offload_type="leaf_level",
+                use_stream=True,
+            )
+        return pipe
+
+    def _apply_cheap(self, options: PipelineOptions) -> None:
+        pipe = self.require()
+        if options.vae_tiling:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        if options.vae_slicing:
+            pipe.vae.enable_slicing()
+        else:
+            pipe.vae.disable_slicing()

@@ -1,0 +1,278 @@
+"""The versioned message protocol between the generator actor and its worker process.
+
+Every frame on the channel is one JSON object `{"v": PROTOCOL_VERSION, "msg": {...}}` where
+`msg` carries a `kind` discriminator. Both sides validate with pydantic, so a malformed or
+foreign frame is a `ProtocolError`, never a half-read message.
+
+Invariant: this module imports no torch/diffusers — the control process imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+from supervisor.errors.report import ErrorReport, Stage
+from supervisor.exceptions import ProtocolError
+
+__all__ = [
+    "JOB_ID_PATTERN",
+    "PROTOCOL_VERSION",
+    "Cancel",
+    "Cancelled",
+    "ControlMessage",
+    "Done",
+    "Dtype",
+    "Failed",
+    "Generate",
+    "GenerationParams",
+    "Heartbeat",
+    "JobStage",
+    "Load",
+    "Loaded",
+    "Offload",
+    "PipelineOptions",
+    "Ping",
+    "Progress",
+    "Ready",
+    "Shutdown",
+    "StageTiming",
+    "WorkerMessage",
+    "decode_control",
+    "decode_worker",
+    "encode_message",
+]
+
+PROTOCOL_VERSION = 1
+# Job ids become file names in the worker: only the server generates them, and only this
+# alphabet is accepted, so no client string can reach the file system as a path.
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class JobStage(StrEnum):
+    ENCODE = "encode"
+    DENOISE = "denoise"
+    DECODE = "decode"
+    SAVE = "save"
+
+    @property
+    def error_stage(self) -> Stage:
+        return Stage(self.value)
+
+
+class Dtype(StrEnum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Offload(StrEnum):
+    NONE = "none"
+    MODEL = "model"
+    GROUP = "group"
+    SEQUENTIAL = "sequential"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PipelineOptions(_Frozen):
+    dtype: Dtype = Dtype.FLOAT32
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    layerwise_fp8: bool = False
+    offload: Offload = Offload.NONE
+
+
+class GenerationParams(_Frozen):
+    prompt: str = Field(min_length=1, max_length=4000)
+    negative_prompt: str = Field(default="", max_length=4000)
+    # Wan latents are 8x smaller spatially and patchified by 2: sizes are multiples of 16.
+    width: int = Field(default=832, ge=16, le=4096, multiple_of=16)
+    height: int = Field(default=480, ge=16, le=4096, multiple_of=16)
+    # Wan's VAE compresses time by 4 after the first frame: 4k+1 frames.
+    num_frames: int = Field(default=17, ge=1, le=1025)
+    steps: int = Field(default=30, ge=1, le=1000)
+    guidance_scale: float = Field(default=5.0, ge=0.0, le=50.0)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    fps: int = Field(default=16, ge=1, le=120)
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, value: int) -> int:
+        if (value - 1) % 4:
+            raise ValueError(f"num_frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {value}")
+        return value
+
+
+# --- control -> worker -------------------------------------------------------------------
+
+
+class Load(_Frozen):
+    kind: Literal["load"] = "load"
+    model_path: str
+    model_name: str = ""
+    options: PipelineOptions = PipelineOptions()
+
+
+class Generate(_Frozen):
+    kind: Literal["generate"] = "generate"
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    params: GenerationParams
+    options: PipelineOptions = PipelineOptions()
+    output_dir: str
+    # A latents file kept by an earlier decode failure: skip encode and denoise.
+    decode_only_from: str | None = None
+    # What the system changed on the way (recovery steps), recorded in the sidecar.
+    applied_changes: tuple[str, ...] = ()
+
+
+class Cancel(_Frozen):
+    kind: Literal["cancel"] = "cancel"
+    job_id: str
+
+
+class Shutdown(_Frozen):
+    kind: Literal["shutdown"] = "shutdown"
+
+
+class Ping(_Frozen):
+    kind: Literal["ping"] = "ping"
+
+
+# --- worker -> control -------------------------------------------------------------------
+
+
+class Ready(_Frozen):
+    kind: Literal["ready"] = "ready"
+    pid: int
+    protocol: int = PROTOCOL_VERSION
+    device: str
+    torch_version: str
+    diffusers_version: str
+    memory_limit_bytes: int | None = None
+    # Address space (VmSize) after torch and diffusers are imported: what a CPU cap must exceed.
+    baseline_address_space_bytes: int | None = None
+
+
+class Heartbeat(_Frozen):
+    kind: Literal["heartbeat"] = "heartbeat"
+    ts: float
+    rss_bytes: int
+    device_allocated: int | None = None
+    device_peak: int | None = None
+    busy_job_id: str | None = None
+    # When the job thread last reported progress: heartbeats come from their own thread, so a
+    # job thread stuck inside one step shows here while the process itself still answers.
+    last_progress_ts: float | None = None
+
+
+class Progress(_Frozen):
+    kind: Literal["progress"] = "progress"
+    job_id: str
+    stage: JobStage
+    step: int | None = None
+    total: int | None = None
+    elapsed_s: float
+
+
+class StageTiming(_Frozen):
+    kind: Literal["stage_timing"] = "stage_timing"
+    job_id: str
+    stage: JobStage
+    seconds: float
+
+
+class Done(_Frozen):
+    kind: Literal["done"] = "done"
+    job_id: str
+    output_path: str
+    sidecar_path: str
+    timings: dict[JobStage, float]
+    peak_memory_bytes: int
+    params_used: GenerationParams
+    options_used: PipelineOptions
+
+
+class Failed(_Frozen):
+    kind: Literal["failed"] = "failed"
+    job_id: str | None
+    report: ErrorReport
+    # Kept after a decode failure so the decode alone can be re-run (Generate.decode_only_from).
+    latents_path: str | None = None
+
+
+class Cancelled(_Frozen):
+    kind: Literal["cancelled"] = "cancelled"
+    job_id: str
+    stage: JobStage | None = None
+
+
+class Loaded(_Frozen):
+    kind: Literal["loaded"] = "loaded"
+    model: str
+    options: PipelineOptions
+    load_s: float
+    # False when only cheap options changed on an already loaded pipeline.
+    reloaded: bool = True
+
+
+ControlMessage = Annotated[Load | Generate | Cancel | Shutdown | Ping, Field(discriminator="kind")]
+WorkerMessage = Annotated[
+    Ready | Heartbeat | Progress | StageTiming | Done | Failed | Cancelled | Loaded,
+    Field(discriminator="kind"),
+]
+
+_CONTROL: TypeAdapter[Load | Generate | Cancel | Shutdown | Ping] = TypeAdapter(ControlMessage)
+_WORKER: TypeAdapter[
+    Ready | Heartbeat | Progress | StageTiming | Done | Failed | Cancelled | Loaded
+] = TypeAdapter(WorkerMessage)
+
+
+def encode_message(msg: BaseModel) -> bytes:
+    body = {"v": PROTOCOL_VERSION, "msg": msg.model_dump(mode="json")}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _unwrap(frame: bytes, pid: int | None) -> object:
+    try:
+        body = json.loads(frame)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(pid=pid, detail=f"frame is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or "msg" not in body:
+        raise ProtocolError(pid=pid, detail="frame is not an envelope {v, msg}")
+    if body.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            pid=pid, detail=f"protocol version {body.get('v')!r}, expected {PROTOCOL_VERSION}"
+        )
+    return body["msg"]
+
+
+def decode_control(
+    frame: bytes, *, pid: int | None = None
+) -> Load | Generate | Cancel | Shutdown | Ping:
+    try:
+        return _CONTROL.validate_python(_unwrap(frame, pid))
+    except ValidationError as exc:
+        raise ProtocolError(pid=pid, detail=f"bad control message: {exc}") from exc
+
+
+def decode_worker(
+    frame: bytes, *, pid: int | None = None
+) -> Ready | Heartbeat | Progress | StageTiming | Done | Failed | Cancelled | Loaded:
+    try:
+        return _WORKER.validate_python(_unwrap(frame, pid))
+    except ValidationError as exc:
+        raise ProtocolError(pid=pid, detail=f"bad worker message: {exc}") from exc

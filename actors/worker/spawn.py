@@ -1,0 +1,173 @@
+"""Control side: start a worker process and talk to it (no torch here).
+
+    handle = await spawn_worker(WorkerLaunch(device="cpu", log_path=home / "worker.log"))
+    await handle.send(Load(model_path=..., options=...))
+    msg = await handle.receive()
+
+The channel is one end of a `socketpair` passed to the child with `pass_fds`; the child's
+stdout and stderr go to a log file, because libraries print there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.abc import Process
+from pydantic import BaseModel
+
+from actors.worker.channel import AsyncChannel, ChannelClosed
+from actors.worker.protocol import Failed, Ready, Shutdown, WorkerMessage
+from supervisor.exceptions import ProtocolError, WorkerStartFailed
+
+__all__ = ["WorkerHandle", "WorkerLaunch", "spawn_worker"]
+
+_LOG_TAIL_BYTES = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLaunch:
+    log_path: Path
+    device: str = "cpu"
+    heartbeat_interval: float = 1.0
+    # Setting `device_memory_limit` ("2GiB"); empty for no cap.
+    memory_limit: str = ""
+    ready_timeout: float = 120.0
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self, fd: int) -> list[str]:
+        cmd = [self.python, "-m", "actors.worker", "--channel-fd", str(fd)]
+        cmd += ["--device", self.device, "--heartbeat-interval", repr(self.heartbeat_interval)]
+        if self.memory_limit:
+            cmd += ["--memory-limit", self.memory_limit]
+        return cmd
+
+
+class WorkerHandle:
+    """A running worker: its process, its channel and the `Ready` it sent."""
+
+    def __init__(
+        self, process: Process, channel: AsyncChannel, ready: Ready, log_path: Path
+    ) -> None:
+        self.process = process
+        self.channel = channel
+        self.ready = ready
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def send(self, msg: BaseModel) -> None:
+        await self.channel.send(msg)
+
+    async def receive(self) -> WorkerMessage:
+        """The next message; `ChannelClosed` when the worker is gone."""
+        return await self.channel.receive()
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def shutdown(self, grace_s: float = 5.0) -> int:
+        """Ask politely, then kill after `grace_s`; always reaps the process."""
+        if self.process.returncode is None:
+            try:
+                await self.send(Shutdown())
+            except (ChannelClosed, OSError, anyio.BrokenResourceError):
+                pass
+            with anyio.move_on_after(grace_s):
+                await self.process.wait()
+        await self.aclose()
+        return self.process.returncode if self.process.returncode is not None else -9
+
+    async def aclose(self) -> None:
+        self.kill()
+        with anyio.CancelScope(shield=True):
+            await self.process.wait()
+            await self.channel.aclose()
+            await self.process.aclose()
+
+    def log_tail(self) -> str:
+        return _tail(self.log_path)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - _LOG_TAIL_BYTES))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+async def spawn_worker(launch: WorkerLaunch) -> WorkerHandle:
+    """Start the worker and wait for its `Ready` (or raise `WorkerStartFailed`)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **launch.env, "PYTHONUNBUFFERED": "1"}
+    try:
+        with launch.log_path.open("ab") as log:
+            process = await anyio.open_process(
+                launch.command(child.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(child.fileno(),),
+                env=env,
+            )
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    channel = await AsyncChannel.from_socket(parent, pid=process.pid)
+    try:
+        ready = await _await_ready(channel, process, launch)
+    except BaseException:
+        process.kill()
+        with anyio.CancelScope(shield=True):
+            await process.wait()
+            await channel.aclose()
+            await process.aclose()
+        raise
+    return WorkerHandle(process, channel, ready, launch.log_path)
+
+
+async def _await_ready(channel: AsyncChannel, process: Process, launch: WorkerLaunch) -> Ready:
+    try:
+        with anyio.fail_after(launch.ready_timeout):
+            msg = await channel.receive()
+    except TimeoutError:
+        raise WorkerStartFailed(
+            pid=process.pid, reason=f"no Ready within {launch.ready_timeout:g} s"
+        ) from None
+    except ChannelClosed:
+        code = await process.wait()
+        raise WorkerStartFailed(
+            pid=process.pid,
+            reason=f"exited with code {code} before Ready; log tail: {_tail(launch.log_path)}",
+        ) from None
+    if isinstance(msg, Failed):
+        raise WorkerStartFailed(pid=process.pid, reason=msg.report.message)
+    if not isinstance(msg, Ready):
+        raise ProtocolError(pid=process.pid, detail=f"expected ready, got {msg.kind}")
+    return msg

@@ -1,0 +1,77 @@
+"""`genvisor models ...`: the model store.
+
+Each action is a sub-sub-command registered through `MODEL_ACTIONS` (name -> register
+function); a later module adds list/pull/verify/repair by appending to that table.
+`make-tiny` builds the embedded `tiny-wan` model; it imports torch, so the builder is imported
+inside the action, never at module level (this module is part of the control process's CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeAlias
+
+from supervisor.settings import load_settings
+
+__all__ = ["MODEL_ACTIONS", "register", "tiny_model_dir"]
+
+ActionParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+TINY_MODEL_NAME = "tiny-wan"
+
+
+def tiny_model_dir(home: Path) -> Path:
+    """Where the embedded model lives: `<GENVISOR_HOME>/models/tiny-wan`."""
+    return home / "models" / TINY_MODEL_NAME
+
+
+def _register_make_tiny(actions: ActionParsers) -> None:
+    p = actions.add_parser(
+        "make-tiny",
+        help="build the embedded tiny-wan model (real Wan pipeline, tiny random weights)",
+    )
+    p.add_argument("--out", type=Path, help="target directory (default: <home>/models/tiny-wan)")
+    p.add_argument("--if-missing", action="store_true", help="do nothing when a build exists")
+    p.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same files)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_run_make_tiny)
+
+
+def _run_make_tiny(args: argparse.Namespace) -> int:
+    config = Path(args.config) if args.config else None
+    out: Path = args.out or tiny_model_dir(load_settings(config).home)
+    # Imported here: the builder needs torch, the rest of the CLI must not load it.
+    from actors.worker.tiny_wan import build_tiny_wan, is_complete
+
+    existed = is_complete(out)
+    started = time.perf_counter()
+    build = build_tiny_wan(out, seed=args.seed, overwrite=not args.if_missing)
+    result = {
+        "path": str(build.path),
+        "size_bytes": build.size_bytes,
+        "sha256": build.digest,
+        "built": not (existed and args.if_missing),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verb = "built" if result["built"] else "already present"
+        print(f"tiny-wan {verb}: {build.path} ({build.size_bytes} bytes, sha256 {build.digest})")
+    return 0
+
+
+MODEL_ACTIONS: dict[str, Callable[[ActionParsers], None]] = {
+    "make-tiny": _register_make_tiny,
+}
+
+
+def register(sub: ActionParsers) -> None:
+    p = sub.add_parser("models", help="manage the model store")
+    actions = p.add_subparsers(dest="models_action", metavar="ACTION", required=True)
+    for add in MODEL_ACTIONS.values():
+        add(actions)
