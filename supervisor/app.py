@@ -18,8 +18,10 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from supervisor import __version__
+from supervisor.api_errors import http_exception_handler
 from supervisor.http_api import build_router
 from supervisor.runtime import Runtime
 from supervisor.security import check_exposure
@@ -53,5 +55,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         lifespan=runtime.lifespan,
     )
     app.state.genvisor = runtime
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     app.include_router(build_router(runtime))
     return app

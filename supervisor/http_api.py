@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, status
+from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
 from fastapi.responses import JSONResponse
 
+from supervisor.api_errors import ApiError, route_class
 from supervisor.bus.websocket_stream import stream_events
+from supervisor.errors import ErrorCode
 from supervisor.exceptions import InvalidTransition
+from supervisor.jobs_api import add_job_routes
 from supervisor.runtime import Runtime
 from supervisor.security import bearer_token, origin_allowed, token_valid
 from supervisor.state_machine import State
@@ -24,14 +27,17 @@ def build_router(runtime: Runtime) -> APIRouter:
 
     def require_token(request: Request) -> None:
         if not token_valid(settings, bearer_token(request.headers)):
-            raise HTTPException(
+            raise ApiError(
                 status.HTTP_401_UNAUTHORIZED,
-                detail="a valid API token is required: send 'Authorization: Bearer <token>'",
+                code=ErrorCode.CONFIG_INVALID,
+                title="A valid API token is required",
+                message="send 'Authorization: Bearer <token>' (the server's GENVISOR_API_TOKEN)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
     guarded = [Depends(require_token)]
-    router = APIRouter()
+    router = APIRouter(route_class=route_class(settings.max_request_bytes))
+    add_job_routes(router, runtime, guarded)
 
     @router.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -59,9 +65,11 @@ def build_router(runtime: Runtime) -> APIRouter:
         try:
             new_state = await runtime.supervisor.ask(Reset(), State, timeout=10.0)
         except InvalidTransition as exc:
-            raise HTTPException(
+            raise ApiError(
                 status.HTTP_409_CONFLICT,
-                detail=f"reset is only possible while halted; the supervisor is {exc.state}",
+                code=ErrorCode.INPUT_INVALID,
+                title="Nothing to reset",
+                message=f"reset is only possible while halted; the supervisor is {exc.state}",
             ) from None
         return {"state": new_state.value}
 

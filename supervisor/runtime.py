@@ -12,8 +12,8 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,16 +22,19 @@ from anyio.abc import TaskStatus
 from actors.actor import Actor
 from actors.generator import Generator
 from actors.model_loader import ModelLoader
+from actors.models.registry import load_registry
 from actors.vram_monitor import VramMonitor
+from actors.worker.protocol import PipelineOptions
+from actors.worker.spawn import WorkerLaunch
 from supervisor import __version__
 from supervisor.bus import EventBus, Journal
+from supervisor.bus import events as ev
 from supervisor.child_spec import ChildSpec, RestartType
-from actors.worker.spawn import WorkerLaunch
 from supervisor.diagnosis import diagnose
 from supervisor.errors import CategorizationContext, ErrorReport, default_categorizer
 from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
-from supervisor.settings import Settings
+from supervisor.settings import CONFIG_DIR, Settings
 from supervisor.supervision import JobSubmitted, Supervisor
 
 __all__ = ["Runtime"]
@@ -75,6 +78,7 @@ class Runtime:
             settings.home / "events.sqlite3", retention=settings.journal_retention
         )
         self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
+        self.registry = load_registry(CONFIG_DIR)
         self.output_dir = settings.home / "outputs"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(settings.home / "jobs.sqlite3")
@@ -99,7 +103,32 @@ class Runtime:
         self._stopped: anyio.Event | None = None
 
     def model_path(self, model: str) -> Path:
+        entry = self.registry.get(model)
+        if entry.local_path is not None:
+            return entry.local_dir(self.settings.home)
         return self.settings.home / "models" / model
+
+    def base_options(self) -> PipelineOptions:
+        """The options a job starts with before pre-flight or recovery change anything."""
+        return PipelineOptions(device=self.device)
+
+    def job_view(self, job: Job) -> dict[str, Any]:
+        view = job.public()
+        view["queue_position"] = self.store.queue_position(job.id)
+        running = self.jobs.running
+        if running is not None and running.id == job.id:
+            view["progress"] = {
+                "stage": running.stage,
+                "step": running.step,
+                "total_steps": running.total_steps,
+            }
+        return view
+
+    def _publish(self, data: ev.EventData) -> object:
+        # Invariant: the running job's live progress follows its events (one loop, no lock).
+        if isinstance(data, ev.JobProgress):
+            self.jobs.progress(data.job_id, data.stage.value, data.step)
+        return self.bus.publish(data)
 
     @property
     def device(self) -> str:
@@ -118,7 +147,7 @@ class Runtime:
     def _generator(self) -> Generator:
         return Generator(
             launch=self.worker_launch(),
-            publish=self.bus.publish,
+            publish=self._publish,
             report=self.supervisor.tell_nowait,
             stall_timeout=self.settings.stall_timeout,
             cancel_grace=self.settings.cancel_grace,
@@ -132,15 +161,10 @@ class Runtime:
             _spec(s, "vram_monitor", VramMonitor),
         ]
 
-    def submit(self, job: Job) -> Job:
-        """Commit the job, then wake the supervisor: durable before anyone is told it exists."""
-        self.store.submit(job)
-        self.supervisor.tell_nowait(JobSubmitted(job.id))
-        return job
-
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the bus and the supervisor until `shutdown()`; the journal is flushed on exit."""
         self._stopped = anyio.Event()
+        self._resume_interrupted()
         async with anyio.create_task_group() as tg:
             await tg.start(self.bus.run)
             await tg.start(self.supervisor.run)
@@ -155,6 +179,23 @@ class Runtime:
         with anyio.CancelScope(shield=True):
             await self.bus.aclose()
         self.store.close()
+
+    def _resume_interrupted(self) -> None:
+        """Jobs a killed server left running go back to the queue, in their order."""
+        for job in self.store.recover_interrupted():
+            log.warning("job %s was interrupted by a server stop: queued again", job.id)
+            self.bus.publish(
+                ev.JobQueued(job_id=job.id, position=self.store.queue_position(job.id) or 0)
+            )
+
+    def submit(self, job: Job) -> Job:
+        """Commit the job, then wake the supervisor: durable before anyone is told it exists."""
+        self.store.submit(job)
+        self.bus.publish(
+            ev.JobQueued(job_id=job.id, position=self.store.queue_position(job.id) or 0)
+        )
+        self.supervisor.tell_nowait(JobSubmitted(job.id))
+        return job
 
     def shutdown(self) -> None:
         if self._stopped is not None:

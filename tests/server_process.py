@@ -69,7 +69,7 @@ def running_server(
         assert proc.stderr is not None
         for line in proc.stderr:
             server.log_lines.append(line)
-            if "Uvicorn running on" in line or "Application startup complete" in line:
+            if "Uvicorn running on" in line:
                 listening.set()
         listening.set()  # the process ended: stop waiting
 

@@ -1,0 +1,2 @@
+"""The model store of the control process: registry, availability, manifests, verification,
+downloads (huggingface_hub), repair and fallback. Nothing here imports torch or diffusers."""

@@ -1,0 +1,133 @@
+"""Calibration: fit the activation coefficients of a model from measured peaks on this machine.
+
+Each finished job records its unscaled estimate terms and its measured peak. For each stage
+(denoise, decode) the samples whose predicted peak was at that stage give a least-squares scale
+through the origin, ``s = sum(x*y) / sum(x*x)``, where x is the predicted activation (plus the
+decoded video at decode) and y is the measured peak minus the resident weights and overhead.
+The fitted scales multiply the seeded coefficients (`MemoryProfile.denoise_scale` and
+`decode_scale`). With no samples for a stage its scale stays 1.0 (the published seed).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.vram.preflight import Estimate, MemoryProfile, with_scales
+from supervisor.errors.report import Stage
+
+__all__ = ["Calibration", "CalibrationStore", "PeakSample", "fit_scales"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS memory_peaks (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL,
+    device TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    resident_bytes INTEGER NOT NULL,
+    activation_feature INTEGER NOT NULL,
+    measured_peak INTEGER NOT NULL,
+    recorded_at REAL NOT NULL
+)
+"""
+# Scales outside this range mean a broken measurement (or a wrong model), not a calibration.
+MIN_SCALE, MAX_SCALE = 0.05, 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class PeakSample:
+    stage: Stage
+    # Weights resident at that stage plus the runtime overhead (not scaled).
+    resident_bytes: int
+    # The unscaled activation term(s) of that stage.
+    activation_feature: int
+    measured_peak: int
+
+    @classmethod
+    def from_estimate(cls, estimate: Estimate, measured_peak: int) -> PeakSample:
+        """From an estimate made with scales 1.0 (`with_scales(profile, 1, 1)`)."""
+        if estimate.peak_stage is Stage.DENOISE:
+            feature = estimate.denoise_feature
+        else:
+            feature = estimate.decode_feature + estimate.output
+        return cls(
+            estimate.peak_stage, estimate.weights + estimate.overhead, feature, measured_peak
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    denoise_scale: float
+    decode_scale: float
+    samples: int
+
+    def apply(self, profile: MemoryProfile) -> MemoryProfile:
+        return with_scales(profile, self.denoise_scale, self.decode_scale)
+
+
+def _scale(samples: list[PeakSample]) -> float:
+    xy = sum(s.activation_feature * (s.measured_peak - s.resident_bytes) for s in samples)
+    xx = sum(s.activation_feature**2 for s in samples)
+    if xx == 0:
+        return 1.0
+    return min(MAX_SCALE, max(MIN_SCALE, xy / xx))
+
+
+def fit_scales(samples: list[PeakSample]) -> Calibration:
+    """Least-squares scale per stage; 1.0 for a stage without samples."""
+    denoise = [s for s in samples if s.stage is Stage.DENOISE]
+    decode = [s for s in samples if s.stage is Stage.DECODE]
+    return Calibration(
+        denoise_scale=_scale(denoise) if denoise else 1.0,
+        decode_scale=_scale(decode) if decode else 1.0,
+        samples=len(samples),
+    )
+
+
+class CalibrationStore:
+    """Measured peaks in SQLite, per (model, device); the newest `window` are fitted."""
+
+    def __init__(self, path: Path, *, window: int = 50) -> None:
+        self.path = path
+        self.window = window
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=5.0)
+
+    def record(self, model: str, device: str, sample: PeakSample) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute(
+                "INSERT INTO memory_peaks (model, device, stage, resident_bytes, "
+                "activation_feature, measured_peak, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    model,
+                    device,
+                    sample.stage.value,
+                    sample.resident_bytes,
+                    sample.activation_feature,
+                    sample.measured_peak,
+                    time.time(),
+                ),
+            )
+
+    def samples(self, model: str, device: str) -> list[PeakSample]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT stage, resident_bytes, activation_feature, measured_peak "
+                "FROM memory_peaks WHERE model = ? AND device = ? ORDER BY id DESC LIMIT ?",
+                (model, device, self.window),
+            ).fetchall()
+        return [PeakSample(Stage(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def calibration(self, model: str, device: str) -> Calibration:
+        return fit_scales(self.samples(model, device))
+
+    def calibrated(self, profile: MemoryProfile, model: str, device: str) -> MemoryProfile:
+        """`profile` with the scales fitted on this machine's measurements (seed when none)."""
+        return self.calibration(model, device).apply(profile)

@@ -1,0 +1,303 @@
+"""Pre-flight: estimate a job's peak memory, and pick the first ladder rung predicted to fit.
+
+peak = max over stages of (weights resident in that stage + that stage's activations + runtime
+overhead). Activation terms, per model (config/memory_profiles.toml):
+
+- denoiser: ``denoise_bytes_per_position x latent positions x dtype bytes`` where latent
+  positions = ((frames-1)//4+1) x (height/8) x (width/8). Seeded from ComfyUI's
+  ``BaseModel.memory_required`` (area x dtype_size x 0.01 x memory_usage_factor MiB, with
+  Wan 2.1's ``memory_usage_factor = dim / 2222``, comfy/supported_models.py): for dim d that is
+  0.01 x 2^20 x d / 2222 bytes per latent position per dtype byte.
+- VAE decode: ``decode_bytes_per_pixel x (height x width) x dtype bytes``, independent of the
+  frame count because Wan's causal VAE decodes one latent frame at a time with a feature cache.
+  Seeded from ComfyUI's Wan 2.1 VAE estimate (comfy/sd.py, VAE.__init__):
+  ``memory_used_decode = 7000 x latent_h x latent_w x (8 x 8) x dtype_size``, i.e. 7000 bytes
+  per output pixel per dtype byte for the full VAE (base dim 96). VAE tiling caps the pixels
+  to one tile (diffusers' Wan VAE: 256 x 256 samples per tile).
+- the decoded video itself: 3 x frames x height x width float32 values, `output_copies` times.
+
+`choose_rung` walks the ladder cumulatively from the job's starting point (a learned rung, or
+the top) and returns the first plan predicted to fit ``free - reserve``, or a `Refusal` that
+carries the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from actors.vram.ladder import (
+    AppliedChange,
+    Rung,
+    RungId,
+    apply_rung,
+    apply_up_to,
+    device_kind,
+    next_rung,
+)
+from actors.vram.weights_header import ModelWeights
+from actors.worker.protocol import Dtype, GenerationParams, Offload, PipelineOptions
+from supervisor.errors.report import Stage
+from supervisor.exceptions import ConfigError
+from supervisor.settings import CONFIG_DIR
+
+__all__ = [
+    "Estimate",
+    "MemoryProfile",
+    "Plan",
+    "PreflightJob",
+    "Refusal",
+    "choose_rung",
+    "estimate_peak",
+    "format_bytes",
+    "load_memory_profiles",
+    "with_scales",
+]
+
+DEFAULT_PROFILES_PATH = CONFIG_DIR / "memory_profiles.toml"
+DTYPE_BYTES = {Dtype.FLOAT32: 4, Dtype.BFLOAT16: 2, Dtype.FLOAT16: 2}
+GiB = 1024**3
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+class MemoryProfile(BaseModel):
+    """Activation coefficients of one model (bytes per unit per dtype byte)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    denoise_bytes_per_position: float = Field(gt=0)
+    decode_bytes_per_pixel: float = Field(gt=0)
+    decode_tile: int = Field(default=256, ge=16)
+    output_copies: float = Field(default=2.0, ge=0)
+    overhead_bytes: int = Field(default=0, ge=0)
+    # Share of a component's weights on the device under group offload.
+    group_resident_fraction: float = Field(default=0.15, gt=0, le=1)
+    # Calibration multipliers (actors/vram/calibration.py); 1.0 = the seeded figures.
+    denoise_scale: float = Field(default=1.0, gt=0)
+    decode_scale: float = Field(default=1.0, gt=0)
+
+
+def load_memory_profiles(path: Path = DEFAULT_PROFILES_PATH) -> dict[str, MemoryProfile]:
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+        return {name: MemoryProfile.model_validate(v) for name, v in raw["models"].items()}
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+        raise ConfigError(key="memory profiles", value=str(path), allowed=str(exc)) from exc
+    except ValidationError as exc:
+        raise ConfigError(
+            key="memory profiles", value=str(path), allowed=str(exc.errors()[0]["msg"])
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Predicted peak bytes and where they come from (the peak stage's terms)."""
+
+    peak: int
+    peak_stage: Stage
+    weights: int
+    activation: int
+    output: int
+    overhead: int
+    by_stage: dict[Stage, int]
+    # Unscaled activation terms, the features calibration fits against measured peaks.
+    denoise_feature: int
+    decode_feature: int
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        return {
+            "peak_bytes": self.peak,
+            "peak_stage": self.peak_stage.value,
+            "weights_bytes": self.weights,
+            "activation_bytes": self.activation,
+            "output_bytes": self.output,
+            "overhead_bytes": self.overhead,
+            "by_stage": {s.value: b for s, b in self.by_stage.items()},
+        }
+
+
+def _resident(
+    weights: ModelWeights, names: Sequence[str], opts: PipelineOptions, profile: MemoryProfile
+) -> int:
+    size = DTYPE_BYTES[opts.dtype]
+    total = 0
+    for name in names:
+        comp = weights.get(name)
+        if comp is None:
+            continue
+        full = comp.bytes_in(size, fp8_matrices=opts.layerwise_fp8 and name == "transformer")
+        if opts.offload is Offload.GROUP:
+            full = math.ceil(full * profile.group_resident_fraction)
+        elif opts.offload is Offload.SEQUENTIAL:
+            full = math.ceil(comp.largest_tensor_params * size)
+        total += full
+    return total
+
+
+def estimate_peak(
+    profile: MemoryProfile,
+    weights: ModelWeights,
+    options: PipelineOptions,
+    params: GenerationParams,
+    *,
+    overhead: int | None = None,
+) -> Estimate:
+    size = DTYPE_BYTES[options.dtype]
+    overhead = profile.overhead_bytes if overhead is None else overhead
+    positions = ((params.num_frames - 1) // 4 + 1) * (params.height // 8) * (params.width // 8)
+    denoise_feature = math.ceil(profile.denoise_bytes_per_position * positions * size)
+    tile = profile.decode_tile
+    h, w = params.height, params.width
+    pixels = min(h, tile) * min(w, tile) if options.vae_tiling else h * w
+    decode_feature = math.ceil(profile.decode_bytes_per_pixel * pixels * size)
+    output = math.ceil(3 * params.num_frames * h * w * 4 * profile.output_copies)
+    everything = list(weights.components)
+    # Under model offload only the component in use is on the device; otherwise all of them.
+    if options.offload is Offload.NONE:
+        denoise_w = decode_w = _resident(weights, everything, options, profile)
+    else:
+        denoise_w = _resident(weights, ["transformer"], options, profile)
+        decode_w = _resident(weights, ["vae"], options, profile)
+    denoise_act = math.ceil(denoise_feature * profile.denoise_scale)
+    decode_act = math.ceil((decode_feature + output) * profile.decode_scale) - output
+    by_stage = {
+        Stage.DENOISE: denoise_w + denoise_act + overhead,
+        Stage.DECODE: decode_w + decode_act + output + overhead,
+    }
+    stage = max(by_stage, key=lambda s: by_stage[s])
+    if stage is Stage.DENOISE:
+        weights_at, act, out = denoise_w, denoise_act, 0
+    else:
+        weights_at, act, out = decode_w, decode_act, output
+    return Estimate(
+        peak=by_stage[stage],
+        peak_stage=stage,
+        weights=weights_at,
+        activation=act,
+        output=out,
+        overhead=overhead,
+        by_stage=by_stage,
+        denoise_feature=denoise_feature,
+        decode_feature=decode_feature,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightJob:
+    options: PipelineOptions
+    params: GenerationParams
+    allow_output_changes: bool = True
+    # A learned rung to start at (rungs up to it are applied first).
+    start_at: RungId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Run the job with these options and params; `rung` None means as asked."""
+
+    rung: RungId | None
+    options: PipelineOptions
+    params: GenerationParams
+    estimate: Estimate
+    budget: int
+    changes: list[AppliedChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Nothing on the ladder is predicted to fit: the job is refused before it runs."""
+
+    needed: int
+    free: int
+    reserve: int
+    last_rung: RungId | None
+    estimate: Estimate
+    tried: tuple[RungId | None, ...]
+
+    @property
+    def available(self) -> int:
+        return max(0, self.free - self.reserve)
+
+    @property
+    def message(self) -> str:
+        at = f"even at the last rung ({self.last_rung.value})" if self.last_rung else "as asked"
+        return (
+            f"needs ~{format_bytes(self.needed)} {at}, peaking at "
+            f"{self.estimate.peak_stage.value}; {format_bytes(self.free)} free minus a "
+            f"{format_bytes(self.reserve)} reserve leaves {format_bytes(self.available)}"
+        )
+
+
+EstimateFn = Callable[[PipelineOptions, GenerationParams], Estimate]
+
+
+def _preflight_cause(estimate: Estimate, budget: int) -> str:
+    return (
+        f"pre-flight predicted ~{format_bytes(estimate.peak)} at "
+        f"{estimate.peak_stage.value} with {format_bytes(budget)} available"
+    )
+
+
+def choose_rung(
+    estimate_fn: EstimateFn,
+    free_bytes: int,
+    reserve: int,
+    ladder: Sequence[Rung],
+    job: PreflightJob,
+) -> Plan | Refusal:
+    """The first plan (cumulative rungs) whose estimate fits ``free_bytes - reserve``.
+
+    `free_bytes` is the memory the whole pipeline may use (weights included): the cap minus the
+    worker's baseline, or the device's free memory plus what the idle pipeline already holds.
+    """
+    budget = free_bytes - reserve
+    options, params = job.options, job.params
+    changes: list[AppliedChange] = []
+    rung_id: RungId | None = None
+    if job.start_at is not None:
+        options, params, changes = apply_up_to(
+            ladder,
+            job.start_at,
+            options,
+            params,
+            allow_output_changes=job.allow_output_changes,
+            cause="it worked before",
+        )
+        rung_id = job.start_at
+    kind = device_kind(options.device)
+    tried: list[RungId | None] = []
+    while True:
+        estimate = estimate_fn(options, params)
+        tried.append(rung_id)
+        if estimate.peak <= budget:
+            return Plan(rung_id, options, params, estimate, budget, changes)
+        rung = next_rung(
+            ladder, rung_id, kind, job.allow_output_changes, options=options, params=params
+        )
+        while rung is not None and rung.id is RungId.FREE_CACHES:
+            # Freeing caches does not change a prediction: it is a retry after a real OOM.
+            rung = next_rung(
+                ladder, rung.id, kind, job.allow_output_changes, options=options, params=params
+            )
+        if rung is None:
+            return Refusal(estimate.peak, free_bytes, reserve, rung_id, estimate, tuple(tried))
+        options, params, change = apply_rung(
+            options, params, rung, cause=_preflight_cause(estimate, budget)
+        )
+        changes = [*changes, change]
+        rung_id = rung.id
+
+
+def with_scales(profile: MemoryProfile, denoise: float, decode: float) -> MemoryProfile:
+    return profile.model_copy(update={"denoise_scale": denoise, "decode_scale": decode})

@@ -1,0 +1,269 @@
+"""The jobs endpoints: submit, list, show, cancel, download the video.
+
+Invariants: a job is committed to the store before 202 is answered; nothing a client sends
+becomes a path (job ids are checked against the server's own alphabet and outputs are looked up
+in the store); every refusal is a UserError naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from actors.worker.protocol import JOB_ID_PATTERN, GenerationParams
+from supervisor.api_errors import ApiError, field_errors_response
+from supervisor.errors import ErrorCode
+from supervisor.job_flow import CancelRefused
+from supervisor.jobs import Job, JobStatus, new_job_id
+from supervisor.runtime import Runtime
+from supervisor.state_machine import State
+from supervisor.supervision import CancelRequest
+
+__all__ = ["JobRequest", "add_job_routes"]
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+# Hard ceilings of the schema; the registry and settings narrow them per model and server.
+_MAX_TEXT = 20_000
+
+
+class JobRequest(BaseModel):
+    """A generation request. Omitted parameters take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    prompt: str = Field(min_length=1, max_length=_MAX_TEXT)
+    negative_prompt: str = Field(default="", max_length=_MAX_TEXT)
+    width: int | None = Field(default=None, ge=16, le=4096, multiple_of=16)
+    height: int | None = Field(default=None, ge=16, le=4096, multiple_of=16)
+    frames: int | None = Field(default=None, ge=1, le=1025)
+    steps: int | None = Field(default=None, ge=1, le=1000)
+    guidance: float | None = Field(default=None, ge=0, le=50)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    fps: int | None = Field(default=None, ge=1, le=120)
+    allow_output_changes: bool = True
+    priority: int = Field(default=0, ge=-10, le=10)
+
+    @field_validator("frames")
+    @classmethod
+    def _four_k_plus_one(cls, value: int | None) -> int | None:
+        if value is not None and (value - 1) % 4:
+            raise ValueError(f"must be 4k+1 (1, 5, 9, ..., 17, 33, 81), got {value}")
+        return value
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobStatus
+    queue_position: int | None
+    model: str
+    params: dict[str, Any]
+
+
+def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> None:
+    settings = runtime.settings
+
+    def _job_or_404(job_id: str) -> Job:
+        job = runtime.store.get(job_id) if _JOB_ID.match(job_id) else None
+        if job is None:
+            raise ApiError(
+                status.HTTP_404_NOT_FOUND,
+                code=ErrorCode.INPUT_INVALID,
+                title="No such job",
+                message=f"there is no job with id {job_id[:80]!r}",
+                suggestions=["List jobs with GET /v1/jobs or `genvisor jobs list`."],
+            )
+        return job
+
+    @router.post(
+        "/v1/jobs",
+        tags=["jobs"],
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=guarded,
+        response_model=JobAccepted,
+    )
+    async def submit(body: JobRequest, request: Request) -> JSONResponse:
+        """Queue a generation. Answered once the job is durable (202), with its position."""
+        state = runtime.supervisor.state
+        if state not in (State.READY, State.DEGRADED, State.RECOVERING, State.STARTING):
+            raise ApiError(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                code=ErrorCode.WORKER_CRASHED
+                if state is State.HALTED
+                else ErrorCode.CONFIG_INVALID,
+                title=f"genvisor is {state.value} and takes no new jobs",
+                message=(
+                    "The supervisor halted after repeated failures; nothing new is accepted "
+                    "until an operator resets it."
+                    if state is State.HALTED
+                    else f"The server is {state.value}."
+                ),
+                suggestions=[
+                    "Read the reason with `genvisor state`.",
+                    "Reset it with `genvisor reset` or POST /v1/supervisor/reset.",
+                ],
+                headers={"Retry-After": "30"},
+            )
+        job = _build_job(body)
+        if isinstance(job, JSONResponse):
+            return job
+        if runtime.store.waiting() >= settings.queue_max:
+            raise ApiError(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                code=ErrorCode.SYSTEM_RESOURCE_LIMIT,
+                title="The queue is full",
+                message=f"{settings.queue_max} jobs are already waiting (setting queue_max).",
+                suggestions=["Try again when some jobs have finished."],
+                headers={"Retry-After": "30"},
+            )
+        runtime.submit(job)
+        position = runtime.store.queue_position(job.id)
+        accepted = JobAccepted(
+            id=job.id,
+            status=job.status,
+            queue_position=position,
+            model=job.model,
+            params=job.params.model_dump(mode="json"),
+        )
+        return JSONResponse(
+            accepted.model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": str(request.url_for("get_job", job_id=job.id))},
+        )
+
+    def _build_job(body: JobRequest) -> Job | JSONResponse:
+        model = body.model or settings.default_model
+        registry = runtime.registry
+        if model not in registry:
+            return field_errors_response(
+                [
+                    {
+                        "field": "model",
+                        "value": model,
+                        "message": f"unknown model; allowed: {', '.join(registry.names())}",
+                    }
+                ]
+            )
+        entry = registry.get(model)
+        d = entry.defaults
+        errors = []
+        if len(body.prompt) > settings.max_prompt_chars:
+            errors.append(
+                {
+                    "field": "prompt",
+                    "value": len(body.prompt),
+                    "message": f"at most {settings.max_prompt_chars} characters",
+                }
+            )
+        if len(body.negative_prompt) > settings.max_prompt_chars:
+            errors.append(
+                {
+                    "field": "negative_prompt",
+                    "value": len(body.negative_prompt),
+                    "message": f"at most {settings.max_prompt_chars} characters",
+                }
+            )
+        width, height = body.width or d.width, body.height or d.height
+        frames, steps = body.frames or d.num_frames, body.steps or d.steps
+        lim = entry.limits
+        for field, value, top in (
+            ("width", width, lim.max_width),
+            ("height", height, lim.max_height),
+            ("frames", frames, lim.max_frames),
+            ("steps", steps, lim.max_steps),
+        ):
+            if value > top:
+                errors.append(
+                    {"field": field, "value": value, "message": f"at most {top} for model {model}"}
+                )
+        if errors:
+            return field_errors_response(errors)
+        params = GenerationParams(
+            prompt=body.prompt,
+            negative_prompt=body.negative_prompt,
+            width=width,
+            height=height,
+            num_frames=frames,
+            steps=steps,
+            guidance_scale=body.guidance if body.guidance is not None else d.guidance_scale,
+            seed=body.seed if body.seed is not None else random.randrange(2**31),
+            fps=body.fps or d.fps,
+        )
+        return Job(
+            id=new_job_id(),
+            model=model,
+            params=params,
+            options=runtime.base_options(),
+            allow_output_changes=body.allow_output_changes,
+            priority=body.priority,
+        )
+
+    @router.get("/v1/jobs", tags=["jobs"], dependencies=guarded)
+    async def list_jobs(
+        status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Jobs, newest first, optionally of one status."""
+        jobs = runtime.store.list(status=status_filter, limit=limit, offset=offset)
+        return {
+            "jobs": [runtime.job_view(j) for j in jobs],
+            "limit": limit,
+            "offset": offset,
+            "counts": runtime.store.counts(),
+        }
+
+    @router.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=guarded, name="get_job")
+    async def get_job(job_id: str) -> dict[str, Any]:
+        """Status, progress, attempts, applied changes, and the UserError if it failed."""
+        return runtime.job_view(_job_or_404(job_id))
+
+    @router.post(
+        "/v1/jobs/{job_id}/cancel",
+        tags=["jobs"],
+        dependencies=guarded,
+        status_code=status.HTTP_202_ACCEPTED,
+    )
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a waiting job at once, or stop a running one at its next step."""
+        _job_or_404(job_id)
+        try:
+            await runtime.supervisor.ask(CancelRequest(job_id), object, timeout=10.0)
+        except CancelRefused as exc:
+            raise ApiError(
+                status.HTTP_409_CONFLICT,
+                code=ErrorCode.INPUT_INVALID,
+                title="The job has already finished",
+                message=str(exc),
+                job_id=job_id,
+            ) from None
+        return runtime.job_view(_job_or_404(job_id))
+
+    @router.get(
+        "/v1/jobs/{job_id}/output", tags=["jobs"], dependencies=guarded, response_class=FileResponse
+    )
+    async def job_output(job_id: str) -> FileResponse:
+        """The MP4 (H.264), with range requests for seeking."""
+        job = _job_or_404(job_id)
+        path = Path(job.output_path) if job.output_path else None
+        inside = path is not None and path.resolve().parent == runtime.output_dir.resolve()
+        if (
+            job.status is not JobStatus.SUCCEEDED
+            or path is None
+            or not inside
+            or not path.is_file()
+        ):
+            raise ApiError(
+                status.HTTP_409_CONFLICT if not job.terminal else status.HTTP_404_NOT_FOUND,
+                code=ErrorCode.INPUT_INVALID,
+                title="No video for this job",
+                message=f"job {job_id} is {job.status.value}; only a succeeded job has a video",
+                job_id=job_id,
+            )
+        return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
