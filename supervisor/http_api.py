@@ -12,6 +12,7 @@ from supervisor.bus.websocket_stream import stream_events
 from supervisor.errors import ErrorCode
 from supervisor.exceptions import InvalidTransition
 from supervisor.jobs_api import add_job_routes
+from supervisor.models_api import add_model_routes
 from supervisor.runtime import Runtime
 from supervisor.security import bearer_token, origin_allowed, token_valid
 from supervisor.state_machine import State
@@ -38,6 +39,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     guarded = [Depends(require_token)]
     router = APIRouter(route_class=route_class(settings.max_request_bytes))
     add_job_routes(router, runtime, guarded)
+    add_model_routes(router, runtime, guarded)
 
     @router.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -51,7 +51,6 @@ class JobFlow:
         *,
         publish: Callable[[ev.EventData], object],
         generator: Callable[[], Actor | None],
-        model_path: Callable[[str], Path],
         output_dir: Path,
         crash_retries: int,
         diagnose: Diagnose,
@@ -60,7 +59,6 @@ class JobFlow:
         self.store = store
         self._publish = publish
         self._generator = generator
-        self._model_path = model_path
         self.output_dir = output_dir
         self._crash_retries = crash_retries
         self.diagnose = diagnose
@@ -93,7 +91,6 @@ class JobFlow:
         message = RunJob(
             job_id=job.id,
             model=job.model,
-            model_path=self._model_path(job.model),
             params=job.params,
             options=job.options,
             output_dir=self.output_dir,

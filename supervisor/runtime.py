@@ -21,9 +21,11 @@ from anyio.abc import TaskStatus
 
 from actors.actor import Actor
 from actors.generator import Generator
-from actors.model_loader import ModelLoader
+from actors.model_loader import ModelLoader, ResolvedModel, ResolveModel
 from actors.models.registry import load_registry
-from actors.vram_monitor import VramMonitor
+from actors.vram.pressure import PressureThresholds
+from actors.vram_monitor import VramMonitor, WorkerChanged
+from actors.worker.memory_cap import parse_size
 from actors.worker.protocol import PipelineOptions
 from actors.worker.spawn import WorkerLaunch
 from supervisor import __version__
@@ -32,6 +34,7 @@ from supervisor.bus import events as ev
 from supervisor.child_spec import ChildSpec, RestartType
 from supervisor.diagnosis import diagnose
 from supervisor.errors import CategorizationContext, ErrorReport, default_categorizer
+from supervisor.exceptions import ActorNotRunning
 from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
 from supervisor.settings import CONFIG_DIR, Settings
@@ -86,7 +89,6 @@ class Runtime:
             self.store,
             publish=self.bus.publish,
             generator=lambda: self.supervisor.child("generator"),
-            model_path=self.model_path,
             output_dir=self.output_dir,
             crash_retries=settings.job_crash_retries,
             diagnose=diagnose,
@@ -102,11 +104,18 @@ class Runtime:
         self.started_at = time.time()
         self._stopped: anyio.Event | None = None
 
-    def model_path(self, model: str) -> Path:
-        entry = self.registry.get(model)
-        if entry.local_path is not None:
-            return entry.local_dir(self.settings.home)
-        return self.settings.home / "models" / model
+    async def resolve_model(self, model: str) -> Path:
+        """The weights folder of `model`, from the model loader (which verifies it first)."""
+        loader = self.supervisor.child("model_loader")
+        if loader is None or not loader.running:
+            raise ActorNotRunning(actor="model_loader")
+        resolved = await loader.ask(ResolveModel(model), ResolvedModel, timeout=60.0)
+        return resolved.path
+
+    def _worker_changed(self, pid: int) -> None:
+        monitor = self.supervisor.child("vram_monitor")
+        if monitor is not None and monitor.running:
+            monitor.tell_nowait(WorkerChanged(pid))
 
     def base_options(self) -> PipelineOptions:
         """The options a job starts with before pre-flight or recovery change anything."""
@@ -149,16 +158,29 @@ class Runtime:
             launch=self.worker_launch(),
             publish=self._publish,
             report=self.supervisor.tell_nowait,
+            resolve_model=self.resolve_model,
+            on_worker=self._worker_changed,
             stall_timeout=self.settings.stall_timeout,
             cancel_grace=self.settings.cancel_grace,
+        )
+
+    def _vram_monitor(self) -> VramMonitor:
+        s = self.settings
+        return VramMonitor(
+            publish=self.bus.publish,
+            device=s.device,
+            cap=parse_size(s.device_memory_limit) if s.device_memory_limit else None,
+            expect_gpu=s.expect_gpu,
+            interval=s.vram_sample_interval,
+            thresholds=PressureThresholds(s.pressure_warning, s.pressure_critical),
         )
 
     def default_child_specs(self) -> list[ChildSpec]:
         s = self.settings
         return [
-            _spec(s, "model_loader", ModelLoader),
+            _spec(s, "model_loader", lambda: ModelLoader(s, publish=self.bus.publish)),
             _spec(s, "generator", self._generator),
-            _spec(s, "vram_monitor", VramMonitor),
+            _spec(s, "vram_monitor", self._vram_monitor),
         ]
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

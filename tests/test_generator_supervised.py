@@ -18,9 +18,14 @@ from tests.runtime_harness import EventLog, make_home, running_runtime
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-def _job(steps: int = 2, **kw: object) -> Job:
+def _job(steps: int = 2, size: int = 32, frames: int = 5, **kw: object) -> Job:
     params = GenerationParams(
-        prompt="a lighthouse at dusk", width=32, height=32, num_frames=5, steps=steps, seed=3
+        prompt="a lighthouse at dusk",
+        width=size,
+        height=size,
+        num_frames=frames,
+        steps=steps,
+        seed=3,
     )
     return Job(id=new_job_id(), model="tiny-wan", params=params, **kw)  # type: ignore[arg-type]
 
@@ -71,7 +76,7 @@ async def test_sigkill_mid_job_walks_recovery_and_retries(tmp_path: Path, tiny_m
     async with running_runtime(home, restart_backoff_base=0.01) as (runtime, log):
         await runtime.supervisor.wait_settled()
         first_pid = _worker_pid(runtime)
-        job = runtime.submit(_job(steps=40))
+        job = runtime.submit(_job(steps=48, size=128, frames=17))
         await _step_reached(log, job.id, 1)
         os.kill(first_pid, signal.SIGKILL)
         done = await log.wait_job(job.id, "job.succeeded", "job.failed")
@@ -122,7 +127,7 @@ async def test_cancel_mid_denoise_stops_and_leaves_no_output(
 
     async with running_runtime(make_home(tmp_path, tiny_model)) as (runtime, log):
         await runtime.supervisor.wait_settled()
-        job = runtime.submit(_job(steps=200))
+        job = runtime.submit(_job(steps=1000, size=256, frames=33))
         await _step_reached(log, job.id, 2)
         await runtime.supervisor.ask(CancelRequest(job.id), object)
         await log.wait_job(job.id, "job.cancelled")
@@ -131,7 +136,7 @@ async def test_cancel_mid_denoise_stops_and_leaves_no_output(
             for e in log.of_type("job.progress")  # type: ignore[attr-defined]
             if e.data.job_id == job.id and e.data.step  # type: ignore[attr-defined]
         ]
-        assert max(steps) < 200
+        assert max(steps) < 1000
         stored = runtime.store.get(job.id)
         assert stored is not None
         assert stored.status is JobStatus.CANCELLED

@@ -13,8 +13,12 @@ from supervisor.exceptions import ConfigError, ServerUnavailable
 __all__ = ["main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "supervisor.cli.events_cmd",
     "supervisor.cli.explain_cmd",
+    "supervisor.cli.generate_cmd",
+    "supervisor.cli.jobs_cmd",
     "supervisor.cli.models_cmd",
+    "supervisor.cli.reset_cmd",
     "supervisor.cli.schema_cmd",
     "supervisor.cli.serve_cmd",
     "supervisor.cli.state_cmd",

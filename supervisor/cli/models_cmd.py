@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
+from supervisor.cli.models_store_cmds import add_store_commands
 from supervisor.settings import load_settings
 
 __all__ = ["MODEL_ACTIONS", "register", "tiny_model_dir"]
@@ -67,6 +68,7 @@ def _run_make_tiny(args: argparse.Namespace) -> int:
 
 MODEL_ACTIONS: dict[str, Callable[[ActionParsers], None]] = {
     "make-tiny": _register_make_tiny,
+    "store": add_store_commands,
 }
 
 
