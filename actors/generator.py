@@ -14,7 +14,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from actors.worker.protocol import (
 )
 from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
 from supervisor.bus import events as ev
+from supervisor.errors.report import ErrorReport, Stage
 from supervisor.exceptions import WorkerCrashed, WorkerHung
 
 __all__ = ["CancelJob", "Generator", "JobOutcome", "RunJob"]
@@ -50,13 +51,14 @@ log = logging.getLogger("genvisor.generator")
 class RunJob:
     job_id: str
     model: str
-    model_path: Path
     params: GenerationParams
     options: PipelineOptions
     output_dir: Path
     attempt: int = 1
     decode_only_from: str | None = None
     applied_changes: tuple[str, ...] = ()
+    # Where the weights are; None: ask the model loader (once per model, not per job).
+    model_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,21 +91,26 @@ class Generator(Actor):
         launch: WorkerLaunch,
         publish: Callable[[ev.EventData], object],
         report: Callable[[JobOutcome], None],
+        resolve_model: Callable[[str], Awaitable[Path]] | None = None,
         stall_timeout: float = 30.0,
         cancel_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        on_worker: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__("generator")
         self._launch = launch
         self._publish = publish
         self._report = report
+        self._resolve_model = resolve_model
+        self._on_worker = on_worker
         self._stall_timeout = stall_timeout
         self._cancel_grace = cancel_grace
         self._clock = clock
         self.worker: WorkerHandle | None = None
         self._job: RunJob | None = None
         self._job_started = 0.0
-        self._loaded: tuple[str, PipelineOptions] | None = None
+        # (model name, weights path) of the pipeline the worker holds or is loading.
+        self._loaded: tuple[str, Path] | None = None
         self._last_heartbeat = 0.0
         self._last_rss: int | None = None
         self._expected_exit = False
@@ -124,6 +131,8 @@ class Generator(Actor):
         self.spawn(lambda: self._watch_process(worker), name="generator.process")
         self.spawn(lambda: self._watchdog(worker), name="generator.watchdog")
         log.info("worker %s ready on %s", worker.pid, worker.ready.device)
+        if self._on_worker is not None:
+            self._on_worker(worker.pid)
 
     async def on_stop(self) -> None:
         self._stopping = True
@@ -149,7 +158,7 @@ class Generator(Actor):
             if worker is not None
             else None,
             "worker_rss_bytes": self._last_rss,
-            "loaded": self._loaded[0] if self._loaded else None,
+            "model": self._loaded[0] if self._loaded else None,
         }
 
     # -- messages -----------------------------------------------------------------------------
@@ -181,10 +190,24 @@ class Generator(Actor):
         assert self.worker is not None
         self._job = job
         self._job_started = self._clock()
-        want = (str(job.model_path), job.options)
-        if self._loaded is None or self._loaded[0] != want[0]:
+        if self._loaded is None or self._loaded[0] != job.model:
+            try:
+                path = job.model_path or await self._resolve(job.model)
+            except Exception as exc:  # the model can not be made available: the job's failure
+                report = ErrorReport.from_exception(
+                    exc,
+                    stage=Stage.LOAD,
+                    device=job.options.device,
+                    job_id=job.job_id,
+                    context={"model": job.model},
+                )
+                self._finish(
+                    JobOutcome(job.job_id, failed=Failed(job_id=job.job_id, report=report))
+                )
+                return
+            self._loaded = (job.model, path)
             await self.worker.send(
-                Load(model_path=str(job.model_path), model_name=job.model, options=job.options)
+                Load(model_path=str(path), model_name=job.model, options=job.options)
             )
         await self.worker.send(
             Generate(
@@ -196,6 +219,11 @@ class Generator(Actor):
                 applied_changes=job.applied_changes,
             )
         )
+
+    async def _resolve(self, model: str) -> Path:
+        if self._resolve_model is None:
+            raise RuntimeError(f"no model path for {model!r} and no model loader to ask")
+        return await self._resolve_model(model)
 
     async def _cancel(self, job_id: str) -> None:
         if self._job is None or self._job.job_id != job_id or self.worker is None:
@@ -242,7 +270,7 @@ class Generator(Actor):
                         )
                     )
                 case Loaded():
-                    self._loaded = (str(self._job.model_path) if self._job else "", msg.options)
+                    pass
                 case Done():
                     self._finish(JobOutcome(job_id=msg.job_id, done=msg))
                 case Failed():
