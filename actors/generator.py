@@ -35,6 +35,7 @@ from actors.worker.protocol import (
     Loaded,
     PipelineOptions,
     Progress,
+    Ready,
     StageTiming,
 )
 from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
@@ -95,7 +96,8 @@ class Generator(Actor):
         stall_timeout: float = 30.0,
         cancel_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
-        on_worker: Callable[[int], None] | None = None,
+        on_worker: Callable[[Ready], None] | None = None,
+        on_resolved: Callable[[str, Path], None] | None = None,
     ) -> None:
         super().__init__("generator")
         self._launch = launch
@@ -103,6 +105,7 @@ class Generator(Actor):
         self._report = report
         self._resolve_model = resolve_model
         self._on_worker = on_worker
+        self._on_resolved = on_resolved
         self._stall_timeout = stall_timeout
         self._cancel_grace = cancel_grace
         self._clock = clock
@@ -132,7 +135,7 @@ class Generator(Actor):
         self.spawn(lambda: self._watchdog(worker), name="generator.watchdog")
         log.info("worker %s ready on %s", worker.pid, worker.ready.device)
         if self._on_worker is not None:
-            self._on_worker(worker.pid)
+            self._on_worker(worker.ready)
 
     async def on_stop(self) -> None:
         self._stopping = True
@@ -206,6 +209,8 @@ class Generator(Actor):
                 )
                 return
             self._loaded = (job.model, path)
+            if self._on_resolved is not None:
+                self._on_resolved(job.model, path)
             await self.worker.send(
                 Load(model_path=str(path), model_name=job.model, options=job.options)
             )

@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.errors import CategorizationContext, ErrorReport, default_categorizer, explain
+from supervisor.errors import (
+    Categorization,
+    CategorizationContext,
+    ErrorReport,
+    default_categorizer,
+    explain,
+)
 
 __all__ = ["Diagnosis", "diagnose"]
 
@@ -27,8 +33,13 @@ def diagnose(
     *,
     applied: Sequence[str] = (),
     facts: dict[str, object] | None = None,
+    verdict: Categorization | None = None,
 ) -> Diagnosis:
-    verdict = default_categorizer().categorize(report, CategorizationContext.from_report(report))
+    """Categorize (unless `verdict` is already known, as for a pre-flight refusal) and explain."""
+    if verdict is None:
+        verdict = default_categorizer().categorize(
+            report, CategorizationContext.from_report(report)
+        )
     user_error = explain(report, verdict, facts=facts or {}, applied=applied)
     return Diagnosis(
         code=verdict.code.value,

@@ -17,9 +17,11 @@ from actors.actor import Actor
 from actors.generator import CancelJob, JobOutcome, RunJob
 from supervisor.bus import events as ev
 from supervisor.diagnosis import Diagnosis
+from supervisor.errors import Categorization, ErrorCode, Stage
 from supervisor.errors.report import ErrorReport
 from supervisor.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.jobs import Job, JobStatus, JobStore
+from supervisor.memory_recovery import MemoryRecovery
 from supervisor.state_machine import State
 
 __all__ = ["CancelRefused", "Diagnose", "JobFlow"]
@@ -34,6 +36,7 @@ class Diagnose(Protocol):
         *,
         applied: Sequence[str] = (),
         facts: dict[str, object] | None = None,
+        verdict: Categorization | None = None,
     ) -> Diagnosis: ...
 
 
@@ -54,6 +57,7 @@ class JobFlow:
         output_dir: Path,
         crash_retries: int,
         diagnose: Diagnose,
+        memory: MemoryRecovery | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -62,6 +66,7 @@ class JobFlow:
         self.output_dir = output_dir
         self._crash_retries = crash_retries
         self.diagnose = diagnose
+        self.memory = memory
         self._clock = clock
         self.running: Job | None = None
         # The job whose re-run decides whether a recovery worked (None: not recovering a job).
@@ -76,7 +81,7 @@ class JobFlow:
         generator = self._generator()
         if generator is None or not generator.running:
             return
-        job = self.store.next_queued()
+        job = self._next_preflighted()
         if job is None:
             return
         if state is State.RECOVERING:
@@ -113,6 +118,35 @@ class JobFlow:
             )
         )
 
+    def _next_preflighted(self) -> Job | None:
+        """The next waiting job; a first attempt goes through learned rungs and pre-flight,
+        and one that can not fit anywhere fails here, before it runs."""
+        while (job := self.store.next_queued()) is not None:
+            if job.attempts > 0 or self.memory is None or job.requested is not None:
+                return job
+            job.requested = job.params
+            refused = self.memory.prepare(job)
+            if refused is None:
+                self.store.save(job)
+                return job
+            report = ErrorReport(
+                exc_type="supervisor.memory_recovery.PreflightRefused",
+                message=f"not enough memory: {refused.message}",
+                stage=Stage.LOAD,
+                device=job.options.device,
+                job_id=job.id,
+            )
+            verdict = Categorization.of(ErrorCode.VRAM_EXHAUSTED, rule="preflight")
+            self.fail(
+                job,
+                self.diagnose(
+                    report,
+                    verdict=verdict,
+                    facts={"width": job.params.width, "height": job.params.height},
+                ),
+            )
+        return None
+
     def progress(self, job_id: str, stage: str, step: int | None) -> None:
         if self.running is not None and self.running.id == job_id:
             self.running.stage, self.running.step = stage, step
@@ -145,6 +179,8 @@ class JobFlow:
             "changes": list(job.changes),
         }
         self.store.save(job)
+        if self.memory is not None:
+            self.memory.succeeded(job)
         self._publish(
             ev.JobSucceeded(
                 job_id=job.id,

@@ -23,10 +23,14 @@ from actors.actor import Actor
 from actors.generator import Generator
 from actors.model_loader import ModelLoader, ResolvedModel, ResolveModel
 from actors.models.registry import load_registry
+from actors.vram.ladder import load_ladder
+from actors.vram.learned_strategies import LearnedStrategies
+from actors.vram.preflight import Estimate, estimate_peak, load_memory_profiles
 from actors.vram.pressure import PressureThresholds
+from actors.vram.weights_header import ModelWeights, summarize_weights
 from actors.vram_monitor import VramMonitor, WorkerChanged
 from actors.worker.memory_cap import parse_size
-from actors.worker.protocol import PipelineOptions
+from actors.worker.protocol import GenerationParams, PipelineOptions, Ready
 from actors.worker.spawn import WorkerLaunch
 from supervisor import __version__
 from supervisor.bus import EventBus, Journal
@@ -34,9 +38,10 @@ from supervisor.bus import events as ev
 from supervisor.child_spec import ChildSpec, RestartType
 from supervisor.diagnosis import diagnose
 from supervisor.errors import CategorizationContext, ErrorReport, default_categorizer
-from supervisor.exceptions import ActorNotRunning
+from supervisor.exceptions import ActorNotRunning, GenvisorError
 from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
+from supervisor.memory_recovery import MemoryRecovery
 from supervisor.settings import CONFIG_DIR, Settings
 from supervisor.supervision import JobSubmitted, Supervisor
 
@@ -82,6 +87,24 @@ class Runtime:
         )
         self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
         self.registry = load_registry(CONFIG_DIR)
+        self.worker_ready: Ready | None = None
+        self.last_vram_sample: ev.VramSample | None = None
+        self._weights: dict[str, ModelWeights] = {}
+        self._profiles = load_memory_profiles()
+        self.strategies = LearnedStrategies(settings.home / "vram.sqlite3")
+        if settings.clear_learned_strategies:
+            self.strategies.clear()
+        self.memory = MemoryRecovery(
+            load_ladder(),
+            self.strategies,
+            device=self.device,
+            device_name="cpu" if self.device == "cpu" else self.device,
+            max_attempts=settings.max_recovery_attempts,
+            memory_key=self._memory_key,
+            budget=self._memory_budget,
+            estimate=self._estimate,
+            reserve=int(settings.memory_reserve),
+        )
         self.output_dir = settings.home / "outputs"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(settings.home / "jobs.sqlite3")
@@ -92,6 +115,7 @@ class Runtime:
             output_dir=self.output_dir,
             crash_retries=settings.job_crash_retries,
             diagnose=diagnose,
+            memory=self.memory,
         )
         specs = child_specs if child_specs is not None else self.default_child_specs()
         self.supervisor = Supervisor(
@@ -100,6 +124,7 @@ class Runtime:
             error_code_of=_error_code_of,
             history_size=settings.transition_history,
             jobs=self.jobs,
+            plan_recovery=self.memory.plan,
         )
         self.started_at = time.time()
         self._stopped: anyio.Event | None = None
@@ -112,10 +137,52 @@ class Runtime:
         resolved = await loader.ask(ResolveModel(model), ResolvedModel, timeout=60.0)
         return resolved.path
 
-    def _worker_changed(self, pid: int) -> None:
+    def _worker_changed(self, ready: Ready) -> None:
+        self.worker_ready = ready
         monitor = self.supervisor.child("vram_monitor")
         if monitor is not None and monitor.running:
-            monitor.tell_nowait(WorkerChanged(pid))
+            monitor.tell_nowait(WorkerChanged(ready.pid))
+
+    def _model_resolved(self, model: str, path: Path) -> None:
+        if model not in self._weights:
+            try:
+                self._weights[model] = summarize_weights(path)
+            except GenvisorError as exc:
+                log.warning("no pre-flight for %s: %s", model, exc)
+
+    # -- memory: budget and estimate for pre-flight ---------------------------------------------
+
+    @property
+    def memory_cap(self) -> int | None:
+        limit = self.settings.device_memory_limit
+        return parse_size(limit) if limit else None
+
+    def _memory_key(self) -> tuple[int | None, int]:
+        sample = self.last_vram_sample
+        return self.memory_cap, sample.total if sample is not None else 0
+
+    def _memory_budget(self) -> int | None:
+        """What the whole pipeline may use: under a CPU cap, the cap less the worker's own
+        address space; otherwise the device's free memory as last sampled."""
+        cap, ready = self.memory_cap, self.worker_ready
+        if cap is not None and self.device == "cpu":
+            if ready is None or ready.baseline_address_space_bytes is None:
+                return None
+            return cap - ready.baseline_address_space_bytes
+        sample = self.last_vram_sample
+        if sample is None:
+            return None
+        budget = sample.free + (sample.process_used or 0)
+        return min(budget, cap) if cap is not None else budget
+
+    def _estimate(
+        self, job: Job, options: PipelineOptions, params: GenerationParams
+    ) -> Estimate | None:
+        weights = self._weights.get(job.model)
+        profile = self._profiles.get(job.model.lower())
+        if weights is None or profile is None:
+            return None
+        return estimate_peak(profile, weights, options, params)
 
     def base_options(self) -> PipelineOptions:
         """The options a job starts with before pre-flight or recovery change anything."""
@@ -137,6 +204,8 @@ class Runtime:
         # Invariant: the running job's live progress follows its events (one loop, no lock).
         if isinstance(data, ev.JobProgress):
             self.jobs.progress(data.job_id, data.stage.value, data.step)
+        elif isinstance(data, ev.VramSample):
+            self.last_vram_sample = data
         return self.bus.publish(data)
 
     @property
@@ -160,6 +229,7 @@ class Runtime:
             report=self.supervisor.tell_nowait,
             resolve_model=self.resolve_model,
             on_worker=self._worker_changed,
+            on_resolved=self._model_resolved,
             stall_timeout=self.settings.stall_timeout,
             cancel_grace=self.settings.cancel_grace,
         )
@@ -167,7 +237,7 @@ class Runtime:
     def _vram_monitor(self) -> VramMonitor:
         s = self.settings
         return VramMonitor(
-            publish=self.bus.publish,
+            publish=self._publish,
             device=s.device,
             cap=parse_size(s.device_memory_limit) if s.device_memory_limit else None,
             expect_gpu=s.expect_gpu,

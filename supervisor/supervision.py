@@ -374,6 +374,10 @@ class Supervisor(Actor):
         elif outcome.done is not None:
             self.jobs.succeed(job, outcome)
             self._end_job_recovery(job, ok=True)
+            if not job.changes and self.degraded_reasons.pop("memory", None) is not None:
+                # A job ran as asked again: the reduced capability is over.
+                if self.state is State.DEGRADED and not self.degraded_reasons:
+                    self._fire(Trigger.RESTORE, reason=f"job {job.id} ran without changes")
         elif outcome.failed is not None:
             self._job_failed(job, outcome)
 
@@ -382,7 +386,7 @@ class Supervisor(Actor):
         assert self.jobs is not None
         assert outcome.failed is not None
         report = outcome.failed.report
-        applied = tuple(c["description"] for c in job.changes)
+        applied = tuple(c["action"] for c in job.changes if c.get("action"))
         diagnosis = self.jobs.diagnose(report, applied=applied, facts=self._facts())
         reason = f"job {job.id} failed at {report.stage.value}: {report.message[:200]}"
         if self.state not in (State.READY, State.DEGRADED, State.RECOVERING):

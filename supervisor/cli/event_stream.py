@@ -74,6 +74,9 @@ class EventFollower:
                     url,
                     additional_headers=token_headers(),
                     open_timeout=10,
+                    # Leaving with unread frames queued, the client cannot read the server's
+                    # close frame (reading is paused behind them): do not wait long for it.
+                    close_timeout=0.5,
                     max_size=2**22,
                 )
             except InvalidStatus as exc:
@@ -99,18 +102,23 @@ class EventFollower:
 
     def _follow(self) -> Iterator[dict[str, Any]]:
         while True:
-            if self._ws is None:
-                self._ws = self._open()
+            with self._open() as ws:
+                self._ws = ws
+                yield from self._read(ws)
+
+    def _read(self, ws: ClientConnection) -> Iterator[dict[str, Any]]:
+        """The events of one connection; returns when it must be re-opened."""
+        while True:
             try:
-                frame = self._ws.recv(timeout=self.recv_timeout_s)
+                frame = ws.recv(timeout=self.recv_timeout_s)
             except (ConnectionClosed, TimeoutError, OSError) as exc:
                 self._reopen(type(exc).__name__)
-                continue
+                return
             event: dict[str, Any] = json.loads(frame)
             if event.get("type") == LAGGED:
                 # Events were dropped for this subscriber: the journal still has them.
                 self._reopen(f"lagged ({event['data'].get('dropped')} events dropped)")
-                continue
+                return
             seq = event.get("seq")
             if isinstance(seq, int):
                 if self.last_seq is not None and seq <= self.last_seq:

@@ -53,11 +53,17 @@ class Job:
     # A latents file kept after a decode failure: the next attempt re-runs the decode only.
     decode_only_from: str | None = None
     output_path: str | None = None
+    # The parameters as asked, before any rung changed them (the learned-strategy key).
+    requested: GenerationParams | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     stage: str | None = None
     step: int | None = None
     total_steps: int | None = None
+
+    @property
+    def requested_params(self) -> GenerationParams:
+        return self.requested or self.params
 
     @property
     def terminal(self) -> bool:
@@ -81,6 +87,7 @@ class Job:
             "changes": json.dumps(self.changes),
             "decode_only_from": self.decode_only_from,
             "output_path": self.output_path,
+            "requested": self.requested.model_dump_json() if self.requested else None,
             "result": json.dumps(self.result) if self.result is not None else None,
             "error": json.dumps(self.error) if self.error is not None else None,
         }
@@ -104,6 +111,9 @@ class Job:
             changes=json.loads(row["changes"]),
             decode_only_from=row["decode_only_from"],
             output_path=row["output_path"],
+            requested=(
+                GenerationParams.model_validate_json(row["requested"]) if row["requested"] else None
+            ),
             result=json.loads(row["result"]) if row["result"] else None,
             error=json.loads(row["error"]) if row["error"] else None,
         )
@@ -115,6 +125,7 @@ class Job:
             "status": self.status.value,
             "model": self.model,
             "params": self.params.model_dump(mode="json"),
+            "requested_params": self.requested_params.model_dump(mode="json"),
             "options": self.options.model_dump(mode="json"),
             "allow_output_changes": self.allow_output_changes,
             "priority": self.priority,

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     changes TEXT NOT NULL,
     decode_only_from TEXT,
     output_path TEXT,
+    requested TEXT,
     result TEXT,
     error TEXT
 );
@@ -47,7 +48,7 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, created_ts
 _COLUMNS = (
     "id model params options allow_output_changes priority status created_ts started_ts "
     "finished_ts attempts crash_retries rungs_tried changes decode_only_from output_path "
-    "result error"
+    "requested result error"
 ).split()
 
 

@@ -1,0 +1,230 @@
+"""Out-of-memory that heals itself: the VRAM ladder as the supervisor's recovery planner.
+
+At dispatch, a job starts at the rung learned for similar requests, then pre-flight checks the
+estimate against the memory budget (when one is known) and either raises the starting rung or
+refuses the job with the numbers. On a real `VRAM.EXHAUSTED`, `plan` returns the next rung;
+after a decode failure the kept latents are decoded again instead of denoising twice. The rung
+that finally worked is remembered for the next similar request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from actors.vram.ladder import (
+    AppliedChange,
+    Ladder,
+    RungId,
+    apply_rung,
+    apply_up_to,
+    device_kind,
+    next_rung,
+    oom_cause,
+)
+from actors.vram.learned_strategies import LearnedStrategies, StrategyKey
+from actors.vram.preflight import Estimate, Plan, PreflightJob, Refusal, choose_rung
+from actors.worker.protocol import Failed, GenerationParams, PipelineOptions
+from supervisor.diagnosis import Diagnosis
+from supervisor.errors import ErrorCode, Stage
+from supervisor.jobs import Job
+from supervisor.recovery_plan import RecoveryStep
+
+__all__ = ["MEMORY_CODES", "RUNG_ACTIONS", "MemoryRecovery", "PreflightRefused"]
+
+log = logging.getLogger("genvisor.memory")
+
+MEMORY_CODES = frozenset({ErrorCode.VRAM_EXHAUSTED.value, ErrorCode.VRAM_FRAGMENTED.value})
+
+# The catalog's suggestion id of each rung: once applied it is reported as done, not suggested.
+RUNG_ACTIONS: dict[RungId, str] = {
+    RungId.FREE_CACHES: "free_gpu_memory",
+    RungId.VAE_TILING: "enable_vae_tiling",
+    RungId.MODEL_OFFLOAD: "enable_cpu_offload",
+    RungId.GROUP_OFFLOAD: "enable_cpu_offload",
+    RungId.SEQUENTIAL_OFFLOAD: "enable_cpu_offload",
+    RungId.FEWER_FRAMES: "fewer_frames",
+    RungId.LOWER_RESOLUTION: "lower_resolution",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightRefused:
+    """Nothing on the ladder is predicted to fit: the job fails before it runs."""
+
+    message: str
+    refusal: Refusal
+
+
+def change_record(change: AppliedChange, *, attempt: int, origin: str) -> dict[str, Any]:
+    record: dict[str, Any] = change.as_dict()
+    record["description"] = change.text
+    record["action"] = RUNG_ACTIONS.get(change.rung)
+    record["attempt"] = attempt
+    record["origin"] = origin  # "preflight", "learned" or "recovery"
+    return record
+
+
+class MemoryRecovery:
+    def __init__(
+        self,
+        ladder: Ladder,
+        strategies: LearnedStrategies,
+        *,
+        device: str,
+        device_name: str,
+        max_attempts: int,
+        memory_key: Callable[[], tuple[int | None, int]],
+        budget: Callable[[], int | None],
+        estimate: Callable[[Job, PipelineOptions, GenerationParams], Estimate | None],
+        reserve: int,
+    ) -> None:
+        self.ladder = ladder
+        self.strategies = strategies
+        self.device = device
+        self.device_name = device_name
+        self.max_attempts = max_attempts
+        self._memory_key = memory_key
+        self._budget = budget
+        self._estimate = estimate
+        self.reserve = reserve
+
+    def key(self, job: Job) -> StrategyKey:
+        cap, total = self._memory_key()
+        p = job.requested_params
+        return StrategyKey.for_job(
+            model=job.model,
+            device=f"{device_kind(self.device).value}:{self.device_name}",
+            cap=cap,
+            total=total,
+            width=p.width,
+            height=p.height,
+            frames=p.num_frames,
+        )
+
+    # -- before the first attempt ---------------------------------------------------------------
+
+    def prepare(self, job: Job) -> PreflightRefused | None:
+        """Learned rung, then pre-flight. Mutates the job's options and params; records why."""
+        learned = self.strategies.lookup(self.key(job))
+        start_at = learned.rung if learned is not None else None
+        budget = self._budget()
+        estimate_fn = _bound(self._estimate, job)
+        if budget is not None and estimate_fn is not None:
+            outcome = choose_rung(
+                estimate_fn,
+                budget,
+                self.reserve,
+                self.ladder,
+                PreflightJob(job.options, job.params, job.allow_output_changes, start_at),
+            )
+            if isinstance(outcome, Refusal):
+                return PreflightRefused(outcome.message, outcome)
+            self._adopt(job, outcome, learned_rung=start_at)
+            return None
+        if start_at is not None:
+            options, params, changes = apply_up_to(
+                self.ladder,
+                start_at,
+                job.options,
+                job.params,
+                allow_output_changes=job.allow_output_changes,
+                cause="the same request ran out of memory here before",
+            )
+            self._record(job, options, params, changes, origin="learned")
+        return None
+
+    def _adopt(self, job: Job, plan: Plan, *, learned_rung: RungId | None) -> None:
+        origin = "learned" if learned_rung is not None else "preflight"
+        self._record(job, plan.options, plan.params, plan.changes, origin=origin)
+
+    def _record(
+        self,
+        job: Job,
+        options: PipelineOptions,
+        params: GenerationParams,
+        changes: list[AppliedChange],
+        *,
+        origin: str,
+    ) -> None:
+        job.options, job.params = options, params
+        for change in changes:
+            job.rungs_tried.append(change.rung.value)
+            job.changes.append(change_record(change, attempt=1, origin=origin))
+
+    # -- after an out-of-memory failure ---------------------------------------------------------
+
+    def plan(self, job: Job, diagnosis: Diagnosis, failed: Failed) -> RecoveryStep | None:
+        if diagnosis.code not in MEMORY_CODES:
+            return None
+        recoveries = sum(1 for c in job.changes if c.get("origin") == "recovery")
+        if recoveries >= self.max_attempts:
+            return self._give_up(job, diagnosis, f"{recoveries} recovery attempts used")
+        after = RungId(job.rungs_tried[-1]) if job.rungs_tried else None
+        rung = next_rung(
+            self.ladder,
+            after,
+            device_kind(self.device),
+            job.allow_output_changes,
+            options=job.options,
+            params=job.params,
+        )
+        if rung is None:
+            last = f"the last rung ({after.value})" if after else "every rung"
+            return self._give_up(job, diagnosis, f"it ran out of memory even at {last}")
+        stage = failed.report.stage
+        options, params, change = apply_rung(
+            job.options, job.params, rung, cause=oom_cause(stage, self.device)
+        )
+        # Invariant: latents are reused only when the rung leaves the generation itself as it
+        # was (same size, frames, steps): then only the decode needs to run again.
+        keep_latents = (
+            stage is Stage.DECODE and failed.latents_path is not None and params == job.params
+        )
+        record = change_record(change, attempt=job.attempts + 1, origin="recovery")
+        record["decode_only"] = keep_latents
+
+        def apply(target: Job) -> None:
+            target.options, target.params = options, params
+            target.rungs_tried.append(rung.id.value)
+            target.decode_only_from = failed.latents_path if keep_latents else None
+
+        what = "decode the kept latents again" if keep_latents else "run the job again"
+        return RecoveryStep(
+            description=f"{change.text}; {what} (rung {rung.id.value})",
+            apply=apply,
+            change=record,
+        )
+
+    def _give_up(self, job: Job, diagnosis: Diagnosis, why: str) -> RecoveryStep:
+        tried = ", ".join(job.rungs_tried) or "none"
+        return RecoveryStep(
+            description=f"job {job.id} can not fit: {why} (rungs tried: {tried})",
+            give_up=True,
+            final_error=diagnosis,
+        )
+
+    # -- after success --------------------------------------------------------------------------
+
+    def succeeded(self, job: Job) -> None:
+        recovered = [c for c in job.changes if c.get("origin") == "recovery"]
+        if recovered and job.rungs_tried:
+            rung = RungId(job.rungs_tried[-1])
+            self.strategies.remember(self.key(job), rung)
+            log.info("learned: %s starts at %s next time", job.model, rung.value)
+
+
+def _bound(
+    estimate: Callable[[Job, PipelineOptions, GenerationParams], Estimate | None], job: Job
+) -> Callable[[PipelineOptions, GenerationParams], Estimate] | None:
+    if estimate(job, job.options, job.params) is None:
+        return None
+
+    def fn(options: PipelineOptions, params: GenerationParams) -> Estimate:
+        result = estimate(job, options, params)
+        assert result is not None
+        return result
+
+    return fn
