@@ -16,7 +16,7 @@ from supervisor.models_api import add_model_routes
 from supervisor.runtime import Runtime
 from supervisor.security import bearer_token, origin_allowed, token_valid
 from supervisor.state_machine import State
-from supervisor.supervision import Reset
+from supervisor.supervisor_messages import Reset
 
 __all__ = ["build_router"]
 

@@ -23,7 +23,7 @@ from supervisor.job_flow import CancelRefused
 from supervisor.jobs import Job, JobStatus, new_job_id
 from supervisor.runtime import Runtime
 from supervisor.state_machine import State
-from supervisor.supervision import CancelRequest
+from supervisor.supervisor_messages import CancelRequest
 
 __all__ = ["JobRequest", "add_job_routes"]
 

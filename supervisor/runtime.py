@@ -43,7 +43,8 @@ from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
 from supervisor.memory_recovery import MemoryRecovery
 from supervisor.settings import CONFIG_DIR, Settings
-from supervisor.supervision import JobSubmitted, Supervisor
+from supervisor.supervision import Supervisor
+from supervisor.supervisor_messages import JobSubmitted
 
 __all__ = ["Runtime"]
 

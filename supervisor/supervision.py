@@ -12,8 +12,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 
@@ -25,104 +23,34 @@ from supervisor.child_spec import ChildSpec
 from supervisor.child_status import ChildRecord, ChildState
 from supervisor.errors.report import ErrorReport, Stage
 from supervisor.exceptions import ActorNotRunning, InvalidTransition
+from supervisor.job_failure_pipeline import JobFailurePipeline
 from supervisor.job_flow import CancelRefused, JobFlow
-from supervisor.jobs import Job
 from supervisor.recovery_plan import RecoveryPlanner, no_recovery
 from supervisor.restart_window import ExitKind, decide_restart
 from supervisor.state_machine import State, StateMachine, TransitionRecord, Trigger
+from supervisor.supervisor_messages import (
+    CancelRequest,
+    ChildExited,
+    ChildStarted,
+    ClearDegraded,
+    Degrade,
+    JobSubmitted,
+    Reset,
+    RestartDue,
+    SupervisorSnapshot,
+)
 
-__all__ = [
-    "ChildExited",
-    "ChildStarted",
-    "ClearDegraded",
-    "Degrade",
-    "Reset",
-    "RestartDue",
-    "Supervisor",
-    "SupervisorSnapshot",
-]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("genvisor.supervisor")
 
 ErrorCodeOf = Callable[[ErrorReport], str | None]
 
 
-# -- messages -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChildStarted:
-    child_id: str
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class ChildExited:
-    child_id: str
-    generation: int
-    kind: ExitKind
-    report: ErrorReport | None
-
-
-@dataclass(frozen=True, slots=True)
-class RestartDue:
-    child_id: str
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    reason: str = "operator reset"
-
-
-@dataclass(frozen=True, slots=True)
-class JobSubmitted:
-    job_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequest:
-    job_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Degrade:
-    key: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClearDegraded:
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorSnapshot:
-    state: State
-    since: float
-    started_at: float
-    version: str
-    history: tuple[TransitionRecord, ...]
-    children: tuple[dict[str, Any], ...]
-    degraded_reasons: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
-        return {
-            "state": self.state.value,
-            "since": self.since,
-            "uptime_s": round(now - self.started_at, 3),
-            "version": self.version,
-            "degraded_reasons": dict(self.degraded_reasons),
-            "history": [r.as_dict() for r in self.history],
-            "children": list(self.children),
-        }
-
-
 # -- the supervisor -----------------------------------------------------------------------------
 
 
-class Supervisor(Actor):
+class Supervisor(JobFailurePipeline, Actor):
     reply_errors = (InvalidTransition, CancelRefused)
 
     def __init__(
@@ -157,10 +85,6 @@ class Supervisor(Actor):
         self.started_at = wall_clock()
         # Set once every child has started after a boot, a restart or a reset.
         self._settled: anyio.Event | None = None
-
-    @property
-    def state(self) -> State:
-        return self.machine.state
 
     def child(self, child_id: str) -> Actor | None:
         record = self.children.get(child_id)
@@ -363,72 +287,6 @@ class Supervisor(Actor):
         generation = record.generation
         self.spawn(lambda: self._restart_after(decision.delay_s, record.spec.id, generation))
 
-    def _on_job_outcome(self, outcome: JobOutcome) -> None:
-        assert self.jobs is not None
-        job = self.jobs.take_running(outcome.job_id)
-        if job is None:
-            return
-        if outcome.cancelled is not None:
-            self.jobs.cancelled(job)
-            self._end_job_recovery(job, ok=False)
-        elif outcome.done is not None:
-            self.jobs.succeed(job, outcome)
-            self._end_job_recovery(job, ok=True)
-            if not job.changes and self.degraded_reasons.pop("memory", None) is not None:
-                # A job ran as asked again: the reduced capability is over.
-                if self.state is State.DEGRADED and not self.degraded_reasons:
-                    self._fire(Trigger.RESTORE, reason=f"job {job.id} ran without changes")
-        elif outcome.failed is not None:
-            self._job_failed(job, outcome)
-
-    def _job_failed(self, job: Job, outcome: JobOutcome) -> None:
-        """The failure pipeline for a job: capture, categorize, plan, re-run or explain."""
-        assert self.jobs is not None
-        assert outcome.failed is not None
-        report = outcome.failed.report
-        applied = tuple(c["action"] for c in job.changes if c.get("action"))
-        diagnosis = self.jobs.diagnose(report, applied=applied, facts=self._facts())
-        reason = f"job {job.id} failed at {report.stage.value}: {report.message[:200]}"
-        if self.state not in (State.READY, State.DEGRADED, State.RECOVERING):
-            self.jobs.fail(job, diagnosis)
-            return
-        self._fire(Trigger.FAIL, reason=reason, error_code=diagnosis.code)
-        self._fire(Trigger.CATEGORIZE, reason=diagnosis.category, error_code=diagnosis.code)
-        step = self._plan_recovery(job, diagnosis, outcome.failed)
-        if step is not None and step.give_up:
-            self.jobs.recovering_job_id = None
-            self.jobs.fail(job, step.final_error or diagnosis)
-            self._fire(Trigger.GIVE_UP, reason=step.description, error_code=diagnosis.code)
-            return
-        if step is None:
-            self.jobs.recovering_job_id = None
-            self.jobs.fail(job, diagnosis)
-            self._fire(
-                Trigger.DISMISS_DEGRADED if self.degraded_reasons else Trigger.DISMISS,
-                reason=f"not recoverable by a retry: {diagnosis.code}",
-                error_code=diagnosis.code,
-            )
-            return
-        step.apply(job)
-        self.jobs.recovering_job_id = job.id
-        self._fire(Trigger.PLAN, reason=step.description, error_code=diagnosis.code)
-        self.jobs.retry(job, reason=step.description, code=diagnosis.code, change=step.change)
-
-    def _end_job_recovery(self, job: Job, *, ok: bool) -> None:
-        assert self.jobs is not None
-        if self.jobs.recovering_job_id != job.id or self.state is not State.RECOVERING:
-            return
-        self.jobs.recovering_job_id = None
-        if ok and job.changes:
-            self.degraded_reasons["memory"] = job.changes[-1]["description"]
-        self._fire(
-            Trigger.RECOVERED_DEGRADED if self.degraded_reasons else Trigger.RECOVERED,
-            reason=f"job {job.id} {'succeeded' if ok else 'was cancelled'} after recovery",
-        )
-
-    def _facts(self) -> dict[str, object]:
-        return {}
-
     async def _restart_after(self, delay_s: float, child_id: str, generation: int) -> None:
         await anyio.sleep(delay_s)
         self._tell(RestartDue(child_id, generation))
@@ -446,9 +304,6 @@ class Supervisor(Actor):
         return self.state
 
     # -- state --------------------------------------------------------------------------------
-
-    def _fire(self, trigger: Trigger, *, reason: str, error_code: str | None = None) -> None:
-        self.machine.fire(trigger, reason=reason, error_code=error_code)
 
     def _announce(self, record: TransitionRecord) -> None:
         log.info(

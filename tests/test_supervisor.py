@@ -10,7 +10,8 @@ from supervisor.bus import events as ev
 from supervisor.child_spec import ChildSpec, RestartType
 from supervisor.exceptions import ActorCrashed, InvalidTransition
 from supervisor.state_machine import State
-from supervisor.supervision import Reset, Supervisor
+from supervisor.supervision import Supervisor
+from supervisor.supervisor_messages import Reset
 from tests.event_recorder import EventRecorder
 
 pytestmark = pytest.mark.anyio

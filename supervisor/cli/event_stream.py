@@ -66,7 +66,10 @@ class EventFollower:
 
     def _open(self) -> ClientConnection:
         url = ws_url(self.args, self.last_seq)
-        deadline = time.monotonic() + self.reconnect_window_s
+        # A server that is not there at the start is a mistake to report at once; one that
+        # went away mid-stream may be restarting, and is given the reconnect window.
+        window = self.reconnect_window_s if self.reconnects else 0.0
+        deadline = time.monotonic() + window
         delay = 0.1
         while True:
             try:

@@ -1,0 +1,98 @@
+"""The failure pipeline for jobs, as the supervisor walks it (a part of `Supervisor`).
+
+A job's outcome arrives as a message from the generator; a failure is captured (the worker's
+ErrorReport), categorized, planned (the recovery planner: the VRAM ladder), and either re-run
+with the change applied, explained to the person, or escalated. Every step fires the
+supervisor's state machine, from the supervisor's own loop.
+"""
+
+from __future__ import annotations
+
+from actors.generator import JobOutcome
+from supervisor.job_flow import JobFlow
+from supervisor.jobs import Job
+from supervisor.recovery_plan import RecoveryPlanner
+from supervisor.state_machine import State, StateMachine, Trigger
+
+__all__ = ["JobFailurePipeline"]
+
+
+class JobFailurePipeline:
+    # Provided by Supervisor.
+    jobs: JobFlow | None
+    machine: StateMachine
+    degraded_reasons: dict[str, str]
+    _plan_recovery: RecoveryPlanner
+
+    @property
+    def state(self) -> State:
+        return self.machine.state
+
+    def _fire(self, trigger: Trigger, *, reason: str, error_code: str | None = None) -> None:
+        self.machine.fire(trigger, reason=reason, error_code=error_code)
+
+    def _on_job_outcome(self, outcome: JobOutcome) -> None:
+        assert self.jobs is not None
+        job = self.jobs.take_running(outcome.job_id)
+        if job is None:
+            return
+        if outcome.cancelled is not None:
+            self.jobs.cancelled(job)
+            self._end_job_recovery(job, ok=False)
+        elif outcome.done is not None:
+            self.jobs.succeed(job, outcome)
+            self._end_job_recovery(job, ok=True)
+            if not job.changes and self.degraded_reasons.pop("memory", None) is not None:
+                # A job ran as asked again: the reduced capability is over.
+                if self.state is State.DEGRADED and not self.degraded_reasons:
+                    self._fire(Trigger.RESTORE, reason=f"job {job.id} ran without changes")
+        elif outcome.failed is not None:
+            self._job_failed(job, outcome)
+
+    def _job_failed(self, job: Job, outcome: JobOutcome) -> None:
+        """The failure pipeline for a job: capture, categorize, plan, re-run or explain."""
+        assert self.jobs is not None
+        assert outcome.failed is not None
+        report = outcome.failed.report
+        applied = tuple(c["action"] for c in job.changes if c.get("action"))
+        diagnosis = self.jobs.diagnose(report, applied=applied, facts=self._facts())
+        reason = f"job {job.id} failed at {report.stage.value}: {report.message[:200]}"
+        if self.state not in (State.READY, State.DEGRADED, State.RECOVERING):
+            self.jobs.fail(job, diagnosis)
+            return
+        self._fire(Trigger.FAIL, reason=reason, error_code=diagnosis.code)
+        self._fire(Trigger.CATEGORIZE, reason=diagnosis.category, error_code=diagnosis.code)
+        step = self._plan_recovery(job, diagnosis, outcome.failed)
+        if step is not None and step.give_up:
+            self.jobs.recovering_job_id = None
+            self.jobs.fail(job, step.final_error or diagnosis)
+            self._fire(Trigger.GIVE_UP, reason=step.description, error_code=diagnosis.code)
+            return
+        if step is None:
+            self.jobs.recovering_job_id = None
+            self.jobs.fail(job, diagnosis)
+            self._fire(
+                Trigger.DISMISS_DEGRADED if self.degraded_reasons else Trigger.DISMISS,
+                reason=f"not recoverable by a retry: {diagnosis.code}",
+                error_code=diagnosis.code,
+            )
+            return
+        step.apply(job)
+        self.jobs.recovering_job_id = job.id
+        self._fire(Trigger.PLAN, reason=step.description, error_code=diagnosis.code)
+        self.jobs.retry(job, reason=step.description, code=diagnosis.code, change=step.change)
+
+    def _end_job_recovery(self, job: Job, *, ok: bool) -> None:
+        assert self.jobs is not None
+        if self.jobs.recovering_job_id != job.id or self.state is not State.RECOVERING:
+            return
+        self.jobs.recovering_job_id = None
+        if ok and job.changes:
+            self.degraded_reasons["memory"] = job.changes[-1]["description"]
+        self._fire(
+            Trigger.RECOVERED_DEGRADED if self.degraded_reasons else Trigger.RECOVERED,
+            reason=f"job {job.id} {'succeeded' if ok else 'was cancelled'} after recovery",
+        )
+
+    def _facts(self) -> dict[str, object]:
+        return {}
