@@ -43,7 +43,7 @@ from supervisor.bus import events as ev
 from supervisor.errors.report import ErrorReport, Stage
 from supervisor.exceptions import WorkerCrashed, WorkerHung
 
-__all__ = ["CancelJob", "Generator", "JobOutcome", "RunJob"]
+__all__ = ["CancelJob", "Generator", "JobOutcome", "ModelChoice", "RunJob"]
 
 log = logging.getLogger("genvisor.generator")
 
@@ -60,6 +60,20 @@ class RunJob:
     applied_changes: tuple[str, ...] = ()
     # Where the weights are; None: ask the model loader (once per model, not per job).
     model_path: Path | None = None
+    # A load of this model failed as corrupted: repair it (through the loader) before loading.
+    repair_model: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """What the model loader made available for a requested model."""
+
+    name: str
+    path: Path
+    # Set when another model stands in (the registry's fallback), in words.
+    substitution: str | None = None
+    # Set when the model's files were repaired before this load, in words.
+    repaired: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,8 @@ class JobOutcome:
     done: Done | None = None
     failed: Failed | None = None
     cancelled: Cancelled | None = None
+    # The model that actually ran, and what was done to make it available.
+    model: ModelChoice | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +108,7 @@ class Generator(Actor):
         launch: WorkerLaunch,
         publish: Callable[[ev.EventData], object],
         report: Callable[[JobOutcome], None],
-        resolve_model: Callable[[str], Awaitable[Path]] | None = None,
+        resolve_model: Callable[[str, bool], Awaitable[ModelChoice]] | None = None,
         stall_timeout: float = 30.0,
         cancel_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -112,8 +128,8 @@ class Generator(Actor):
         self.worker: WorkerHandle | None = None
         self._job: RunJob | None = None
         self._job_started = 0.0
-        # (model name, weights path) of the pipeline the worker holds or is loading.
-        self._loaded: tuple[str, Path] | None = None
+        # (requested model name, what stands for it) of the pipeline the worker holds.
+        self._loaded: tuple[str, ModelChoice] | None = None
         self._last_heartbeat = 0.0
         self._last_rss: int | None = None
         self._expected_exit = False
@@ -193,9 +209,13 @@ class Generator(Actor):
         assert self.worker is not None
         self._job = job
         self._job_started = self._clock()
-        if self._loaded is None or self._loaded[0] != job.model:
+        if self._loaded is None or self._loaded[0] != job.model or job.repair_model:
             try:
-                path = job.model_path or await self._resolve(job.model)
+                choice = (
+                    ModelChoice(job.model, job.model_path)
+                    if job.model_path is not None
+                    else await self._resolve(job.model, job.repair_model)
+                )
             except Exception as exc:  # the model can not be made available: the job's failure
                 report = ErrorReport.from_exception(
                     exc,
@@ -208,11 +228,11 @@ class Generator(Actor):
                     JobOutcome(job.job_id, failed=Failed(job_id=job.job_id, report=report))
                 )
                 return
-            self._loaded = (job.model, path)
+            self._loaded = (job.model, choice)
             if self._on_resolved is not None:
-                self._on_resolved(job.model, path)
+                self._on_resolved(choice.name, choice.path)
             await self.worker.send(
-                Load(model_path=str(path), model_name=job.model, options=job.options)
+                Load(model_path=str(choice.path), model_name=choice.name, options=job.options)
             )
         await self.worker.send(
             Generate(
@@ -225,10 +245,10 @@ class Generator(Actor):
             )
         )
 
-    async def _resolve(self, model: str) -> Path:
+    async def _resolve(self, model: str, repair: bool) -> ModelChoice:
         if self._resolve_model is None:
             raise RuntimeError(f"no model path for {model!r} and no model loader to ask")
-        return await self._resolve_model(model)
+        return await self._resolve_model(model, repair)
 
     async def _cancel(self, job_id: str) -> None:
         if self._job is None or self._job.job_id != job_id or self.worker is None:
@@ -277,13 +297,14 @@ class Generator(Actor):
                 case Loaded():
                     pass
                 case Done():
-                    self._finish(JobOutcome(job_id=msg.job_id, done=msg))
+                    choice = self._loaded[1] if self._loaded else None
+                    self._finish(JobOutcome(job_id=msg.job_id, done=msg, model=choice))
                 case Failed():
                     job_id = msg.job_id or (self._job.job_id if self._job else None)
+                    if msg.job_id is None or msg.report.stage is Stage.LOAD:
+                        # A failed load: whatever the worker holds is not the model asked for.
+                        self._loaded = None
                     if job_id is not None:
-                        if msg.job_id is None:
-                            # A failed Load: the Generate behind it is dropped by the worker.
-                            self._loaded = None
                         self._finish(JobOutcome(job_id=job_id, failed=msg))
                 case Cancelled():
                     self._finish(JobOutcome(job_id=msg.job_id, cancelled=msg))

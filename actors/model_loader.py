@@ -291,7 +291,11 @@ class ModelLoader(Actor):
         repairable = code in (ErrorCode.MODEL_CORRUPTED, ErrorCode.MODEL_INCOMPLETE)
         can_fix = entry.source is ModelSource.LOCAL or self.settings.allow_downloads
         if repairable and can_fix:
-            return self._start(name, OperationKind.REPAIR, self._repair)
+            # The load itself failed: a local build is rebuilt even when its weights verify,
+            # because what broke may be a file verification does not cover (a config).
+            return self._start(
+                name, OperationKind.REPAIR, lambda e, op: self._repair(e, op, force=True)
+            )
         raise ModelUnavailable(
             model=name,
             code=code,
@@ -382,7 +386,9 @@ class ModelLoader(Actor):
             files=report.bad_files, verify=report,
         )  # fmt: skip
 
-    async def _repair(self, entry: ModelEntry, op: Operation) -> OperationOutcome:
+    async def _repair(
+        self, entry: ModelEntry, op: Operation, *, force: bool = False
+    ) -> OperationOutcome:
         self._publish(ModelStatus(model=entry.name, availability=ModelAvailability.REPAIRING))
         result = await anyio.to_thread.run_sync(
             lambda: repair_model(
@@ -391,6 +397,7 @@ class ModelLoader(Actor):
                 self.access,
                 self._progress_sink(),
                 allow_downloads=self.settings.allow_downloads,
+                force=force,
             )
         )
         self._publish(ModelRepaired(model=entry.name, files=result.repaired))

@@ -78,7 +78,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     @router.websocket("/v1/events")
     async def events(
         websocket: WebSocket,
-        since: Annotated[int | None, Query(ge=0)] = None,
+        since: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     ) -> None:
         """Replay events with seq > since from the journal, then stream live events."""
         allowed = origin_allowed(

@@ -14,7 +14,10 @@ from supervisor.jobs import Job
 from supervisor.recovery_plan import RecoveryPlanner
 from supervisor.state_machine import State, StateMachine, Trigger
 
-__all__ = ["JobFailurePipeline"]
+__all__ = ["CAPABILITY_KEPT", "JobFailurePipeline"]
+
+# Recoveries after which the service is whole again (nothing was reduced to make the job run).
+CAPABILITY_KEPT = frozenset({"repair_model", "fallback_model"})
 
 
 class JobFailurePipeline:
@@ -41,6 +44,11 @@ class JobFailurePipeline:
             self._end_job_recovery(job, ok=False)
         elif outcome.done is not None:
             self.jobs.succeed(job, outcome)
+            stand_in = outcome.model.substitution if outcome.model is not None else None
+            if stand_in:
+                self.degraded_reasons["model"] = stand_in
+                if self.state is State.READY:
+                    self._fire(Trigger.DEGRADE, reason=stand_in)
             self._end_job_recovery(job, ok=True)
             if not job.changes and self.degraded_reasons.pop("memory", None) is not None:
                 # A job ran as asked again: the reduced capability is over.
@@ -87,8 +95,10 @@ class JobFailurePipeline:
         if self.jobs.recovering_job_id != job.id or self.state is not State.RECOVERING:
             return
         self.jobs.recovering_job_id = None
-        if ok and job.changes:
-            self.degraded_reasons["memory"] = job.changes[-1]["description"]
+        reduced = [c for c in job.changes if c.get("rung") not in CAPABILITY_KEPT]
+        if ok and reduced:
+            # Serving with less memory headroom than asked: degraded until a job runs as asked.
+            self.degraded_reasons["memory"] = reduced[-1]["description"]
         self._fire(
             Trigger.RECOVERED_DEGRADED if self.degraded_reasons else Trigger.RECOVERED,
             reason=f"job {job.id} {'succeeded' if ok else 'was cancelled'} after recovery",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from actors.actor import Actor
-from actors.generator import CancelJob, JobOutcome, RunJob
+from actors.generator import CancelJob, JobOutcome, ModelChoice, RunJob
 from supervisor.bus import events as ev
 from supervisor.diagnosis import Diagnosis
 from supervisor.errors import Categorization, ErrorCode, Stage
@@ -22,6 +22,7 @@ from supervisor.errors.report import ErrorReport
 from supervisor.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.jobs import Job, JobStatus, JobStore
 from supervisor.memory_recovery import MemoryRecovery
+from supervisor.model_repair_plan import repair_pending
 from supervisor.state_machine import State
 
 __all__ = ["CancelRefused", "Diagnose", "JobFlow"]
@@ -89,6 +90,7 @@ class JobFlow:
                 return
         elif state not in (State.READY, State.DEGRADED):
             return
+        repair = repair_pending(job)
         job.status = JobStatus.RUNNING
         job.attempts += 1
         job.started_ts = job.started_ts or self._clock()
@@ -102,6 +104,7 @@ class JobFlow:
             attempt=job.attempts,
             decode_only_from=job.decode_only_from,
             applied_changes=tuple(c["description"] for c in job.changes),
+            repair_model=repair,
         )
         try:
             generator.tell_nowait(message)
@@ -163,6 +166,10 @@ class JobFlow:
     def succeed(self, job: Job, outcome: JobOutcome) -> None:
         done = outcome.done
         assert done is not None
+        choice = outcome.model
+        model_used = choice.name if choice is not None else job.model
+        if choice is not None:
+            self._record_model_choice(job, choice)
         job.status = JobStatus.SUCCEEDED
         job.finished_ts = self._clock()
         job.output_path = done.output_path
@@ -171,7 +178,8 @@ class JobFlow:
         job.result = {
             "output": Path(done.output_path).name,
             "sidecar": Path(done.sidecar_path).name,
-            "model": job.model,
+            "model": model_used,
+            "model_requested": job.model,
             "params_used": done.params_used.model_dump(mode="json"),
             "options_used": done.options_used.model_dump(mode="json"),
             "timings": {k.value: v for k, v in done.timings.items()},
@@ -189,6 +197,18 @@ class JobFlow:
                 duration_s=round(job.finished_ts - (job.started_ts or job.created_ts), 3),
             )
         )
+
+    def _record_model_choice(self, job: Job, choice: ModelChoice) -> None:
+        """Repairs and stand-ins become changes of the job (once each, for its report)."""
+        seen = {c.get("rung") for c in job.changes}
+        if choice.repaired and "repair_model" not in seen:
+            job.changes.append(_model_change("repair_model", choice.repaired, job, choice))
+        if choice.substitution and "fallback_model" not in seen:
+            change = _model_change("fallback_model", choice.substitution, job, choice)
+            change["changes_output"] = True
+            change["action"] = "use_fallback_model"
+            change["before"], change["after"] = {"model": job.model}, {"model": choice.name}
+            job.changes.append(change)
 
     def fail(self, job: Job, diagnosis: Diagnosis) -> None:
         job.status = JobStatus.FAILED
@@ -248,3 +268,17 @@ class JobFlow:
             )
         else:
             self.fail(job, diagnosis)
+
+
+def _model_change(rung: str, words: str, job: Job, choice: ModelChoice) -> dict[str, Any]:
+    return {
+        "rung": rung,
+        "text": words,
+        "description": words,
+        "changes_output": False,
+        "origin": "recovery",
+        "action": "redownload_model",
+        "attempt": job.attempts,
+        "before": {},
+        "after": {},
+    }

@@ -208,7 +208,8 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
     async def list_jobs(
         status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        # Bounded: SQLite integers are 64-bit; a larger offset must be a 422, not a 500.
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> dict[str, Any]:
         """Jobs, newest first, optionally of one status."""
         jobs = runtime.store.list(status=status_filter, limit=limit, offset=offset)

@@ -20,8 +20,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from actors.actor import Actor
-from actors.generator import Generator
-from actors.model_loader import ModelLoader, ResolvedModel, ResolveModel
+from actors.generator import Generator, ModelChoice
+from actors.model_loader import LoadFailed, ModelLoader, Operation, ResolvedModel, ResolveModel
+from actors.models.model_errors import ModelUnavailable
 from actors.models.registry import load_registry
 from actors.vram.ladder import load_ladder
 from actors.vram.learned_strategies import LearnedStrategies
@@ -30,18 +31,20 @@ from actors.vram.pressure import PressureThresholds
 from actors.vram.weights_header import ModelWeights, summarize_weights
 from actors.vram_monitor import VramMonitor, WorkerChanged
 from actors.worker.memory_cap import parse_size
-from actors.worker.protocol import GenerationParams, PipelineOptions, Ready
+from actors.worker.protocol import Failed, GenerationParams, PipelineOptions, Ready
 from actors.worker.spawn import WorkerLaunch
 from supervisor import __version__
 from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
 from supervisor.child_spec import ChildSpec, RestartType
-from supervisor.diagnosis import diagnose
-from supervisor.errors import CategorizationContext, ErrorReport, default_categorizer
+from supervisor.diagnosis import Diagnosis, diagnose
+from supervisor.errors import CategorizationContext, ErrorCode, ErrorReport, default_categorizer
 from supervisor.exceptions import ActorNotRunning, GenvisorError
 from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
 from supervisor.memory_recovery import MemoryRecovery
+from supervisor.model_repair_plan import plan_model_repair
+from supervisor.recovery_plan import RecoveryStep
 from supervisor.settings import CONFIG_DIR, Settings
 from supervisor.supervision import Supervisor
 from supervisor.supervisor_messages import JobSubmitted
@@ -87,7 +90,7 @@ class Runtime:
             settings.home / "events.sqlite3", retention=settings.journal_retention
         )
         self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
-        self.registry = load_registry(CONFIG_DIR)
+        self.registry = load_registry(CONFIG_DIR, [settings.models_file])
         self.worker_ready: Ready | None = None
         self.last_vram_sample: ev.VramSample | None = None
         self._weights: dict[str, ModelWeights] = {}
@@ -125,18 +128,49 @@ class Runtime:
             error_code_of=_error_code_of,
             history_size=settings.transition_history,
             jobs=self.jobs,
-            plan_recovery=self.memory.plan,
+            plan_recovery=self._plan_recovery,
         )
         self.started_at = time.time()
         self._stopped: anyio.Event | None = None
 
-    async def resolve_model(self, model: str) -> Path:
-        """The weights folder of `model`, from the model loader (which verifies it first)."""
+    async def resolve_model(self, model: str, repair: bool) -> ModelChoice:
+        """The weights of `model` from the model loader (which verifies them first): repaired
+        when damaged (or when a load said so), else the registry's fallback when allowed."""
         loader = self.supervisor.child("model_loader")
         if loader is None or not loader.running:
             raise ActorNotRunning(actor="model_loader")
-        resolved = await loader.ask(ResolveModel(model), ResolvedModel, timeout=60.0)
-        return resolved.path
+        repaired = None
+        if repair:
+            await self._repair(loader, model, ErrorCode.MODEL_CORRUPTED)
+            repaired = f"repaired the files of {model} after it failed to load"
+        try:
+            found = await loader.ask(ResolveModel(model), ResolvedModel, timeout=120.0)
+        except ModelUnavailable as exc:
+            if exc.code in (ErrorCode.MODEL_CORRUPTED, ErrorCode.MODEL_INCOMPLETE) and not repair:
+                await self._repair(loader, model, exc.code)
+                repaired = f"repaired the files of {model} ({exc.reason}) before loading it"
+                found = await loader.ask(ResolveModel(model), ResolvedModel, timeout=120.0)
+            elif self.settings.allow_fallback_models:
+                found = await loader.ask(
+                    ResolveModel(model, allow_fallback=True), ResolvedModel, timeout=120.0
+                )
+            else:
+                raise
+        return ModelChoice(found.name, found.path, found.fallback_reason, repaired)
+
+    async def _repair(self, loader: Actor, model: str, code: ErrorCode) -> None:
+        op = await loader.ask(LoadFailed(model, code), Operation, timeout=30.0)
+        outcome = await op.result()
+        if not outcome.ok:
+            raise ModelUnavailable(
+                model=model,
+                code=outcome.error_code or code,
+                reason=f"the automatic repair failed: {outcome.message}",
+                remedy=f"Run `genvisor models repair {model}`",
+            )
+
+    def _plan_recovery(self, job: Job, diagnosis: Diagnosis, failed: Failed) -> RecoveryStep | None:
+        return self.memory.plan(job, diagnosis, failed) or plan_model_repair(job, diagnosis, failed)
 
     def _worker_changed(self, ready: Ready) -> None:
         self.worker_ready = ready

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
     # Model store (actors/models). None: the standard Hugging Face cache / endpoint / stored token.
     allow_downloads: bool = True
+    # Run a job on the registry's fallback model when its own can not be made available.
+    allow_fallback_models: bool = True
     allow_pickle_weights: bool = False
     hf_token: SecretStr | None = None
     hf_endpoint: str | None = None

@@ -95,14 +95,16 @@ def repair_model(
     on_progress: Callable[[DownloadProgress], None] = lambda _: None,
     *,
     allow_downloads: bool = True,
+    force: bool = False,
 ) -> RepairResult:
-    """Quarantine what a full (deep) verification flags, then fetch or rebuild it."""
+    """Quarantine what a full (deep) verification flags, then fetch or rebuild it. With
+    `force`, a local build is rebuilt even when its weights verify (a load failed anyway)."""
     manifest: Manifest | None = read_manifest(store.home, entry.name)
     root = store.model_dir(entry, manifest)
     report = verify_model_dir(root, manifest, deep=True)
     result = RepairResult(model=entry.name)
     if entry.source is ModelSource.LOCAL:
-        if report.ok:
+        if report.ok and not force:
             return result
         out = entry.local_dir(store.home)
         if out.exists():
