@@ -208,9 +208,11 @@ def test_queue_full_429_and_halted_503(tmp_path: Path, tiny_model: Path) -> None
         # The job the crash interrupted runs again once the supervisor serves again.
         wait_event(
             srv,
-            lambda e: e["type"] == "job.started"
-            and e["data"]["job_id"] == first["id"]
-            and e["data"]["attempt"] == 2,
+            lambda e: (
+                e["type"] == "job.started"
+                and e["data"]["job_id"] == first["id"]
+                and e["data"]["attempt"] == 2
+            ),
         )
         assert httpx.post(f"{srv.url}/v1/jobs/{first['id']}/cancel").status_code == 202
         job_event(srv, first["id"], "job.cancelled")
