@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="Data directory")
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
-    api_token: SecretStr | None = None
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token required on HTTP and the WebSocket when set"
+    )
     allowed_origins: list[str] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -64,10 +66,18 @@ class Settings(BaseSettings):
     # Run a job on the registry's fallback model when its own can not be made available.
     allow_fallback_models: bool = True
     allow_pickle_weights: bool = False
-    hf_token: SecretStr | None = None
-    hf_endpoint: str | None = None
-    hf_cache_dir: Path | None = None
-    models_file: Path | None = None
+    hf_token: SecretStr | None = Field(
+        default=None, description="Hugging Face token for gated models (else HF_TOKEN)"
+    )
+    hf_endpoint: str | None = Field(
+        default=None, description="Hub address (else HF_ENDPOINT, else huggingface.co)"
+    )
+    hf_cache_dir: Path | None = Field(
+        default=None, description="Hugging Face cache (else the standard HF_HUB_CACHE)"
+    )
+    models_file: Path | None = Field(
+        default=None, description="a TOML file of your own model registry entries"
+    )
     download_retries: int = Field(default=4, ge=0, le=20)
     download_backoff_base: float = Field(default=1.0, ge=0)
     download_backoff_max: float = Field(default=30.0, ge=0)

@@ -13,6 +13,7 @@ from supervisor.exceptions import ConfigError, ServerUnavailable
 __all__ = ["main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "supervisor.cli.docs_cmd",
     "supervisor.cli.events_cmd",
     "supervisor.cli.explain_cmd",
     "supervisor.cli.generate_cmd",
