@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from supervisor.exceptions import ActorCrashed, ActorNotRunning, AskTimeout, MailboxFull
+from supervisor.structured_logging import current_actor
 
 __all__ = ["Actor", "ActorStatus"]
 
@@ -102,6 +103,8 @@ class Actor(ABC):
         """Run until `stop()` drains the mailbox; raise if a handler or background task fails."""
         if self._exited is None:
             self._exited = anyio.Event()
+        # Each actor runs in its own task (own context): its log records carry its name.
+        current_actor.set(self.name)
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg

@@ -42,6 +42,7 @@ from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
 from supervisor.bus import events as ev
 from supervisor.errors.report import ErrorReport, Stage
 from supervisor.exceptions import WorkerCrashed, WorkerHung
+from supervisor.structured_logging import current_job_id
 
 __all__ = ["CancelJob", "Generator", "JobOutcome", "ModelChoice", "RunJob"]
 
@@ -209,6 +210,7 @@ class Generator(Actor):
         assert self.worker is not None
         self._job = job
         self._job_started = self._clock()
+        current_job_id.set(job.job_id)
         if self._loaded is None or self._loaded[0] != job.model or job.repair_model:
             try:
                 choice = (
@@ -315,6 +317,7 @@ class Generator(Actor):
         if self._job is None or self._job.job_id != outcome.job_id:
             return  # a late frame for a job already reported (e.g. killed on cancel)
         self._job = None
+        current_job_id.set(None)
         self._report(outcome)
 
     async def _watch_process(self, worker: WorkerHandle) -> None:

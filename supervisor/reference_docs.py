@@ -101,9 +101,12 @@ def rewrite(text: str) -> str:
         pattern = re.compile(
             rf"(<!-- BEGIN generated:{name} -->\n).*?(<!-- END generated:{name} -->)", re.S
         )
-        body = make()
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        text = pattern.sub(_block(make()), text)
     return text
+
+
+def _block(body: str) -> Callable[[re.Match[str]], str]:
+    return lambda m: m.group(1) + body + "\n" + m.group(2)
 
 
 def write(path: Path) -> bool:

@@ -47,7 +47,7 @@ from supervisor.model_repair_plan import plan_model_repair
 from supervisor.recovery_plan import RecoveryStep
 from supervisor.settings import CONFIG_DIR, Settings
 from supervisor.supervision import Supervisor
-from supervisor.supervisor_messages import JobSubmitted
+from supervisor.supervisor_messages import Degrade, JobSubmitted
 
 __all__ = ["Runtime"]
 
@@ -291,10 +291,12 @@ class Runtime:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the bus and the supervisor until `shutdown()`; the journal is flushed on exit."""
         self._stopped = anyio.Event()
+        self._purge_old_jobs()
         self._resume_interrupted()
         async with anyio.create_task_group() as tg:
             await tg.start(self.bus.run)
             await tg.start(self.supervisor.run)
+            tg.start_soon(self._degrade_for_missing_gpu)
             task_status.started()
             await self._stopped.wait()
             self.supervisor.stop()
@@ -306,6 +308,29 @@ class Runtime:
         with anyio.CancelScope(shield=True):
             await self.bus.aclose()
         self.store.close()
+
+    def _purge_old_jobs(self) -> None:
+        """Finished jobs (and their files) older than the retention setting are removed."""
+        cutoff_s = self.settings.job_retention_days * 86400
+        for job in self.store.finished_before(time.time() - cutoff_s):
+            for path in self.output_dir.glob(f"{job.id}.*"):
+                path.unlink(missing_ok=True)
+        removed = self.store.purge_finished(cutoff_s)
+        if removed:
+            log.info(
+                "removed %d finished jobs older than %g days",
+                removed,
+                self.settings.job_retention_days,
+            )
+
+    async def _degrade_for_missing_gpu(self) -> None:
+        """The VRAM monitor says which memory source it uses; a GPU expected but absent is a
+        degraded reason (and only then)."""
+        await self.supervisor.wait_settled()
+        monitor = self.supervisor.child("vram_monitor")
+        reason = getattr(monitor, "degraded_reason", None)
+        if reason:
+            self.supervisor.tell_nowait(Degrade("gpu", reason))
 
     def _resume_interrupted(self) -> None:
         """Jobs a killed server left running go back to the queue, in their order."""
@@ -348,6 +373,17 @@ class Runtime:
             **{k: v for k, v in counts.items() if v},
         }
         dump["version"] = __version__
+        dump["learned_strategies"] = [
+            {
+                "model": s.key.model,
+                "device": s.key.device,
+                "memory_mib": s.key.memory_mib,
+                "size_bucket": s.key.bucket,
+                "rung": s.rung.value,
+                "successes": s.successes,
+            }
+            for s in self.strategies.all()
+        ]
         dump["pid"] = os.getpid()
         # Invariant under test: the control process never imports the heavy libraries.
         dump["heavy_modules_loaded"] = sorted(m for m in HEAVY_MODULES if m in sys.modules)

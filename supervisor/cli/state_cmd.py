@@ -60,6 +60,7 @@ def _ago(ts: float, now: float) -> str:
 
 def render_state(body: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -71,7 +72,14 @@ def render_state(body: dict[str, Any]) -> None:
         f"  ·  pid {body.get('pid', '?')}"
     )
     for key, reason in body.get("degraded_reasons", {}).items():
-        console.print(f"  [yellow]degraded[/]: {key}: {reason}")
+        console.print(f"  [yellow]degraded[/]: {key}: {escape(reason)}")
+    failures = [h for h in body.get("history", []) if h["to_state"] == "failed"]
+    if failures:
+        last = failures[-1]
+        code = f" [bold]{last['error_code']}[/]" if last.get("error_code") else ""
+        console.print(
+            f"  last failure {_ago(last['ts'], now)}:{code} {escape(last['reason'][:160])}"
+        )
 
     children = Table(title="children", title_justify="left")
     for col in ("child", "state", "status", "restarts", "pid", "last error"):
@@ -84,7 +92,7 @@ def render_state(body: dict[str, Any]) -> None:
             str(c.get("status", "")),
             f"{c['restarts_in_window']}/{c['max_restarts']} in {c['period_s']:g} s",
             str(c.get("pid") or ""),
-            f"{last.get('type', '')}: {last.get('message', '')}"[:80] if last else "",
+            escape(f"{last.get('type', '')}: {last.get('message', '')}"[:80]) if last else "",
         )
     console.print(children)
 
@@ -98,9 +106,24 @@ def render_state(body: dict[str, Any]) -> None:
             h["to_state"],
             h["trigger"],
             h.get("error_code") or "",
-            h["reason"][:70],
+            escape(h["reason"][:70]),
         )
     console.print(history)
+    learned = body.get("learned_strategies", [])
+    if learned:
+        table = Table(title="learned memory strategies", title_justify="left")
+        for col in ("model", "device", "memory", "size bucket", "starts at", "successes"):
+            table.add_column(col)
+        for s in learned:
+            table.add_row(
+                s["model"],
+                s["device"],
+                f"{s['memory_mib']} MiB",
+                str(s["size_bucket"]),
+                s["rung"],
+                str(s["successes"]),
+            )
+        console.print(table)
     bus = body.get("bus", {})
     queue = body.get("queue", {})
     console.print(

@@ -120,6 +120,14 @@ class JobStore:
             )
         return cur.rowcount
 
+    def finished_before(self, ts: float) -> list[Job]:
+        marks = ",".join("?" * len(TERMINAL))
+        rows = self._query(
+            f"SELECT * FROM jobs WHERE status IN ({marks}) AND finished_ts < ?",
+            (*[s.value for s in TERMINAL], ts),
+        )
+        return [Job.from_row(dict(r)) for r in rows]
+
     # -- reads ----------------------------------------------------------------------------------
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
