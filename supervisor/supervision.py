@@ -311,8 +311,8 @@ class Supervisor(JobFailurePipeline, Actor):
         )
         self._publish(
             ev.SupervisorTransition(
-                from_state=ev.SupervisorStateName(record.from_state.value),
-                to_state=ev.SupervisorStateName(record.to_state.value),
+                from_state=record.from_state,
+                to_state=record.to_state,
                 trigger=record.trigger.value,
                 reason=record.reason,
                 error_code=record.error_code,

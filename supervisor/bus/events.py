@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from supervisor.state_machine import State
+
 __all__ = [
     "ActorCrashed",
     "ActorRestarted",
@@ -78,18 +80,8 @@ class EventType(StrEnum):
     RECOVERY_RESULT = "recovery.result"
 
 
-class SupervisorStateName(StrEnum):
-    """The states of the supervisor's machine (DESIGN.md, "Supervisor")."""
-
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
-    CATEGORIZING = "categorizing"
-    RECOVERING = "recovering"
-    DEGRADED = "degraded"
-    HALTED = "halted"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+# The states of the supervisor's machine: one enum, defined with the machine.
+SupervisorStateName = State
 
 
 class JobStage(StrEnum):
