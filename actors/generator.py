@@ -63,6 +63,8 @@ class RunJob:
     model_path: Path | None = None
     # A load of this model failed as corrupted: repair it (through the loader) before loading.
     repair_model: bool = False
+    # Run in a new worker process (after a memory failure left the old one's memory dirty).
+    fresh_worker: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,8 @@ class Generator(Actor):
     async def _run(self, job: RunJob) -> None:
         if self._job is not None:
             raise RuntimeError(f"job {job.job_id} sent while {self._job.job_id} runs")
+        if job.fresh_worker and self.worker is not None:
+            await self._replace_worker()
         if self.worker is None or self.worker.returncode is not None:
             await self._start_worker()
         assert self.worker is not None
@@ -246,6 +250,15 @@ class Generator(Actor):
                 applied_changes=job.applied_changes,
             )
         )
+
+    async def _replace_worker(self) -> None:
+        """A planned restart: the old worker leaves (politely, then killed); not a failure."""
+        old, self.worker = self.worker, None
+        if old is not None:
+            self._expected_exit = True
+            await old.shutdown(grace_s=self._cancel_grace)
+        self._loaded = None
+        await self._start_worker()
 
     async def _resolve(self, model: str, repair: bool) -> ModelChoice:
         if self._resolve_model is None:

@@ -7,6 +7,7 @@ also when a host app mounts the router (host apps keep their own handlers for th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -117,7 +118,12 @@ def _from_validation(exc: RequestValidationError) -> JSONResponse:
         entry: dict[str, Any] = {"field": field, "message": message}
         if "input" in err and isinstance(err["input"], (str, int, float, bool)):
             value = err["input"]
-            entry["value"] = value[:200] if isinstance(value, str) else value
+            # NaN and infinities parse from JSON bodies but can not be written back as JSON.
+            if isinstance(value, str):
+                value = value[:200]
+            elif isinstance(value, float) and not math.isfinite(value):
+                value = str(value)
+            entry["value"] = value
         errors.append(entry)
     return field_errors_response(errors)
 

@@ -22,7 +22,7 @@ from supervisor.errors.report import ErrorReport
 from supervisor.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.jobs import Job, JobStatus, JobStore
 from supervisor.memory_recovery import MemoryRecovery
-from supervisor.model_repair_plan import repair_pending
+from supervisor.model_repair_plan import fresh_worker_pending, repair_pending
 from supervisor.state_machine import State
 
 __all__ = ["CancelRefused", "Diagnose", "JobFlow"]
@@ -90,7 +90,7 @@ class JobFlow:
                 return
         elif state not in (State.READY, State.DEGRADED):
             return
-        repair = repair_pending(job)
+        repair, fresh = repair_pending(job), fresh_worker_pending(job)
         job.status = JobStatus.RUNNING
         job.attempts += 1
         job.started_ts = job.started_ts or self._clock()
@@ -105,6 +105,7 @@ class JobFlow:
             decode_only_from=job.decode_only_from,
             applied_changes=tuple(c["description"] for c in job.changes),
             repair_model=repair,
+            fresh_worker=fresh,
         )
         try:
             generator.tell_nowait(message)
@@ -130,8 +131,7 @@ class JobFlow:
             job.requested = job.params
             refused = self.memory.prepare(job)
             if refused is None:
-                self.store.save(job)
-                return job
+                return job  # saved with its new status by dispatch, or by the next prepare
             report = ErrorReport(
                 exc_type="supervisor.memory_recovery.PreflightRefused",
                 message=f"not enough memory: {refused.message}",

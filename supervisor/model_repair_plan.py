@@ -13,7 +13,7 @@ from supervisor.errors import ErrorCode, Stage
 from supervisor.jobs import Job
 from supervisor.recovery_plan import RecoveryStep
 
-__all__ = ["REPAIR_RUNG", "plan_model_repair", "repair_pending"]
+__all__ = ["REPAIR_RUNG", "fresh_worker_pending", "plan_model_repair", "repair_pending"]
 
 REPAIR_RUNG = "repair_model"
 DAMAGED = frozenset(
@@ -47,11 +47,19 @@ def plan_model_repair(job: Job, diagnosis: Diagnosis, failed: Failed) -> Recover
     return RecoveryStep(description=str(change["description"]), change=change)
 
 
+def _pending(job: Job) -> dict[str, object] | None:
+    """The change planned for the attempt about to start, if the last change is one."""
+    last = job.changes[-1] if job.changes else None
+    return last if last is not None and last.get("attempt") == job.attempts + 1 else None
+
+
 def repair_pending(job: Job) -> bool:
     """Whether the attempt about to start must repair the model first."""
-    last = job.changes[-1] if job.changes else None
-    return bool(
-        last is not None
-        and last.get("rung") == REPAIR_RUNG
-        and last.get("attempt") == job.attempts + 1
-    )
+    last = _pending(job)
+    return last is not None and last.get("rung") == REPAIR_RUNG
+
+
+def fresh_worker_pending(job: Job) -> bool:
+    """Whether the attempt about to start must run in a new worker process."""
+    last = _pending(job)
+    return last is not None and bool(last.get("fresh_worker"))

@@ -93,6 +93,7 @@ class Runtime:
         self.registry = load_registry(CONFIG_DIR, [settings.models_file])
         self.worker_ready: Ready | None = None
         self.last_vram_sample: ev.VramSample | None = None
+        self._sampled_at = self._worker_started = 0.0
         self._weights: dict[str, ModelWeights] = {}
         self._profiles = load_memory_profiles()
         self.strategies = LearnedStrategies(settings.home / "vram.sqlite3")
@@ -174,6 +175,7 @@ class Runtime:
 
     def _worker_changed(self, ready: Ready) -> None:
         self.worker_ready = ready
+        self._worker_started = time.monotonic()
         monitor = self.supervisor.child("vram_monitor")
         if monitor is not None and monitor.running:
             monitor.tell_nowait(WorkerChanged(ready.pid))
@@ -196,19 +198,23 @@ class Runtime:
         sample = self.last_vram_sample
         return self.memory_cap, sample.total if sample is not None else 0
 
-    def _memory_budget(self) -> int | None:
-        """What the whole pipeline may use: under a CPU cap, the cap less the worker's own
-        address space; otherwise the device's free memory as last sampled."""
-        cap, ready = self.memory_cap, self.worker_ready
-        if cap is not None and self.device == "cpu":
-            if ready is None or ready.baseline_address_space_bytes is None:
-                return None
-            return cap - ready.baseline_address_space_bytes
-        sample = self.last_vram_sample
-        if sample is None:
+    def _memory_budget(self, job: Job) -> int | None:
+        """What the job's pipeline may use, weights included.
+
+        Under a CPU cap the monitor samples `cap - the worker's address space now` (the loaded
+        weights are part of that address space, so they are added back); otherwise the
+        device's free memory plus what the worker already holds. None until a sample of the
+        current worker exists: then pre-flight does not guess.
+        """
+        sample, ready = self.last_vram_sample, self.worker_ready
+        if sample is None or ready is None or self._sampled_at <= self._worker_started:
             return None
+        weights = self._weights.get(job.model)
+        loaded = weights.stored_bytes if weights is not None else 0
+        if self.memory_cap is not None and self.device == "cpu":
+            return sample.free + loaded
         budget = sample.free + (sample.process_used or 0)
-        return min(budget, cap) if cap is not None else budget
+        return min(budget, self.memory_cap) if self.memory_cap is not None else budget
 
     def _estimate(
         self, job: Job, options: PipelineOptions, params: GenerationParams
@@ -241,6 +247,7 @@ class Runtime:
             self.jobs.progress(data.job_id, data.stage.value, data.step)
         elif isinstance(data, ev.VramSample):
             self.last_vram_sample = data
+            self._sampled_at = time.monotonic()
         return self.bus.publish(data)
 
     @property

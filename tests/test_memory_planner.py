@@ -31,7 +31,7 @@ def _recovery(tmp_path: Path, device: str = "cpu", max_attempts: int = 6) -> Mem
         device_name=device,
         max_attempts=max_attempts,
         memory_key=lambda: (2 * 1024**3, 24 * 1024**3),
-        budget=lambda: None,
+        budget=lambda job: None,
         estimate=lambda job, options, params: None,
         reserve=0,
     )

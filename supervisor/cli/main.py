@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from supervisor.exceptions import ConfigError, ServerUnavailable
 
@@ -26,8 +27,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A misuse is one line (what is wrong, where help is), not the usage block; sub-parsers
+    inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="genvisor",
         description="Fault-tolerant backend for local text-to-video generation.",
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TypeAlias
 
@@ -78,7 +79,8 @@ def _run_pull(args: argparse.Namespace) -> int:
             print(f"{entry.name}: {'rebuilt' if result.rebuilt else 'already present'}")
             return 0
         columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
-        with Progress(*columns) as bar:
+        # Transient: a failed pull leaves its one error line, not a frozen bar, behind.
+        with Progress(*columns, transient=True) as bar:
             task = bar.add_task(entry.name, total=None)
 
             def show(p: DownloadProgress) -> None:
@@ -88,7 +90,7 @@ def _run_pull(args: argparse.Namespace) -> int:
         print(f"{entry.name}: {len(pulled.downloaded)} files fetched, at {pulled.path}")
         return 0
     except ModelStoreError as exc:
-        print(f"genvisor: [{exc.code.value}] {exc}")
+        print(f"genvisor: [{exc.code.value}] {exc}", file=sys.stderr)
         return 1
 
 
@@ -104,7 +106,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     try:
         entry = load_registry(CONFIG_DIR, [settings.models_file]).get(args.name)
     except ModelStoreError as exc:
-        print(f"genvisor: [{exc.code.value}] {exc}")
+        print(f"genvisor: [{exc.code.value}] {exc}", file=sys.stderr)
         return 2
     manifest = read_manifest(store.home, entry.name)
     report = verify_model_dir(store.model_dir(entry, manifest), manifest, deep=args.deep)
@@ -137,7 +139,7 @@ def _run_repair(args: argparse.Namespace) -> int:
         result = repair_model(entry, store, HubAccess.from_settings(settings),
                               allow_downloads=settings.allow_downloads)  # fmt: skip
     except ModelStoreError as exc:
-        print(f"genvisor: [{exc.code.value}] {exc}")
+        print(f"genvisor: [{exc.code.value}] {exc}", file=sys.stderr)
         return 1
     if not result.repaired:
         print(f"{entry.name}: nothing to repair")

@@ -58,8 +58,9 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a job acknowledged with 202 survives a power cut, not just a process kill.
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode: every commit survives a crash or kill of the process; only the
+        # acceptance of a job (`submit`) is also made to survive a power cut (FULL, below).
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
     @contextmanager
@@ -81,13 +82,22 @@ class JobStore:
 
     def submit(self, job: Job) -> Job:
         row = job.to_row()
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._insert(row)
+        finally:
+            with self._lock:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        return job
+
+    def _insert(self, row: dict[str, Any]) -> None:
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
                 f"VALUES ({', '.join(':' + c for c in _COLUMNS)})",
                 row,
             )
-        return job
 
     def save(self, job: Job) -> None:
         row = job.to_row()
