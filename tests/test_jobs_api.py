@@ -145,6 +145,18 @@ def test_hostile_requests_are_refused_cleanly(server: ServerProcess) -> None:
     )
     assert bad_json.status_code == 422
     assert bad_json.json()["errors"][0]["field"] == "body"
+    # NaN parses from a JSON body but can not be echoed back in JSON: a 422, not a 500.
+    nan = httpx.post(
+        f"{server.url}/v1/jobs",
+        content=b'{"prompt": NaN}',
+        headers={"content-type": "application/json"},
+    )
+    assert nan.status_code == 422, nan.text
+    assert nan.json()["errors"][0] == {
+        "field": "prompt",
+        "message": "Input should be a valid string",
+        "value": "nan",
+    }
     huge = httpx.post(f"{server.url}/v1/jobs", json={**SMALL, "prompt": "y" * 100_000})
     assert huge.status_code == 413
     for job_id in ("../../etc/passwd", "%2e%2e%2fjobs.sqlite3", "x" * 300):

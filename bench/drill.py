@@ -1,0 +1,164 @@
+"""Fault drill: every recovery path genvisor claims, proved against running servers.
+
+    .venv/bin/python bench/drill.py        (or `make drill`)
+
+Starts `genvisor serve` processes on free loopback ports, each over a fresh data directory (a
+main one, one under a 2 GiB memory cap, one with a cap too small to load, one pointed at a
+loopback Hugging Face Hub), injects each fault from outside (signals, files, mounts, hostile
+clients) while jobs flow, and checks what genvisor did. Prints a table (fault, expected,
+observed, recovery time, jobs lost) and ends with one line:
+
+    drill: N faults, N survived, 0 jobs lost, 0 events lost unannounced
+
+Exit status 1 when anything falls short. Needs root (chattr, mount) for the output-folder
+faults. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from drill_env import GENVISOR, Server, say  # noqa: E402
+from drill_io_faults import (  # noqa: E402
+    hostile_requests,
+    output_full,
+    output_read_only,
+    stalled_websocket,
+)
+from drill_memory_faults import oom_at_decode, oom_at_denoise, oom_at_load  # noqa: E402
+from drill_model_faults import REPO_ID, file_faults, hub_down, hub_flaky_pull, models_toml  # noqa: E402
+from drill_process_faults import server_kill, worker_hang, worker_kills  # noqa: E402
+from drill_report import FaultResult, print_table, run_fault, summary_line  # noqa: E402
+
+from tests.hub_server import HubRepo, HubServer  # noqa: E402
+
+# Below what the pipeline needs to load, above the worker's own start-up address space.
+LOAD_CAP = "1000MiB"
+
+
+def _home(root: Path, name: str, tiny: Path) -> Path:
+    home = root / name
+    shutil.copytree(tiny, home / "models" / "tiny-wan")
+    return home
+
+
+def _main_server(root: Path, tiny: Path) -> Server:
+    return Server("main", _home(root, "main", tiny), {
+        "GENVISOR_RESTART_BACKOFF_BASE": "0.05",
+        "GENVISOR_STALL_TIMEOUT": "2",
+        "GENVISOR_HEARTBEAT_INTERVAL": "0.25",
+        # Tiny jobs: one thread is faster than two fighting over two cores.
+        "OMP_NUM_THREADS": "1",
+    })  # fmt: skip
+
+
+def _stop(servers: list[Server]) -> None:
+    for srv in servers:
+        srv.close()
+
+
+def run(root: Path) -> list[FaultResult]:
+    results: list[FaultResult] = []
+    tiny = root / "tiny-wan"
+    subprocess.run([GENVISOR, "models", "make-tiny", "--out", str(tiny), "--json"], check=True,
+                   capture_output=True)  # fmt: skip
+    servers: list[Server] = []
+    try:
+        main = _main_server(root, tiny)
+        servers.append(main)
+        main.start()
+        main.wait_serving()
+        for fault, expected, body in (
+            ("worker SIGKILL mid-denoise x3, then 4th", "restart x3, 4th: halted; reset; serving",
+             worker_kills),
+            ("worker hang (SIGSTOP)", "WORKER.HUNG, restart, job retried", worker_hang),
+            ("outputs folder read-only (chattr +i)", "FS.* error, no partial files, next ok",
+             output_read_only),
+            ("outputs folder full (tmpfs)", "FS.* error, no partial files, next ok", output_full),
+            ("200 malformed/hostile requests", "no 5xx, nothing queued", hostile_requests),
+            ("WS client stops reading, 10k events", "reader gapless; bus.lagged + replay",
+             stalled_websocket),
+            ("server SIGKILL, jobs queued+running", "restart: all jobs complete once",
+             server_kill),
+        ):  # fmt: skip
+            results.append(run_fault(FaultResult(fault, expected), lambda r, b=body: b(main, r)))
+        main.close()
+
+        memory = Server("memory", _home(root, "memory", tiny),
+                        {"GENVISOR_DEVICE_MEMORY_LIMIT": "2GiB"})  # fmt: skip
+        servers.append(memory)
+        memory.start()
+        memory.wait_serving()
+        results.append(run_fault(
+            FaultResult("OOM at decode (2 GiB cap, 832x480x17)", "recovers (VAE tiling)"),
+            lambda r: oom_at_decode(memory, r)))  # fmt: skip
+        results.append(run_fault(
+            FaultResult("OOM at denoise (2 GiB cap, 1280x1280x33)",
+                        "ladder recovers, or clear VRAM.EXHAUSTED"),
+            lambda r: oom_at_denoise(memory, r)))  # fmt: skip
+        memory.close()
+
+        load = Server("load", _home(root, "load", tiny), {"GENVISOR_DEVICE_MEMORY_LIMIT": LOAD_CAP})
+        servers.append(load)
+        load.start()
+        results.append(run_fault(
+            FaultResult(f"OOM at load ({LOAD_CAP} cap)", "clear error, server stays up"),
+            lambda r: oom_at_load(load, r)))  # fmt: skip
+        load.close()
+
+        models_file = root / "models.toml"
+        models_file.write_text(models_toml())
+        with HubServer(HubRepo(REPO_ID, tiny)) as hub:
+            hubbed = Server("hub", _home(root, "hub", tiny), {
+                "GENVISOR_MODELS_FILE": str(models_file),
+                "GENVISOR_HF_ENDPOINT": hub.endpoint,
+                "GENVISOR_HF_CACHE_DIR": str(root / "hub" / "hf_cache"),
+                "GENVISOR_DOWNLOAD_BACKOFF_BASE": "0.05",
+                "OMP_NUM_THREADS": "1",
+            })  # fmt: skip
+            servers.append(hubbed)
+            hubbed.start()
+            hubbed.wait_serving()
+            results.append(run_fault(
+                FaultResult("Hub down (503 always), offline mode", "clear one-line errors"),
+                lambda r: hub_down(hubbed, hub, r)))  # fmt: skip
+            results.append(run_fault(
+                FaultResult("Hub 503 x3 + dropped connection in pull", "retried, resumed, ok"),
+                lambda r: hub_flaky_pull(hubbed, hub, r)))  # fmt: skip
+            results.append(run_fault(
+                FaultResult("model file truncated / bit-flipped / deleted",
+                            "repaired from the Hub, job succeeds"),
+                lambda r: file_faults(hubbed, hub, r)))  # fmt: skip
+            hubbed.close()
+    finally:
+        _stop(servers)
+    for srv in servers:
+        events = srv.feed.unannounced if srv.feed is not None else []
+        if events and results:
+            results[-1].events_unannounced += sum(b - a + 1 for a, b in events)
+            results[-1].notes.append(f"{srv.name}: unannounced gaps {events[:5]}")
+    return results
+
+
+def main() -> int:
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="genvisor-drill-") as tmp:
+        results = run(Path(tmp))
+    print_table(results)
+    line, ok = summary_line(results)
+    print(f"(drill took {time.monotonic() - began:.0f}s)")
+    print(line, flush=True)
+    say(line)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
