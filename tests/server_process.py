@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import connect
 
 GENVISOR = str(Path(sys.executable).with_name("genvisor"))
 
@@ -84,3 +89,25 @@ def running_server(
             proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def read_events_until(
+    ws_url: str,
+    match: Callable[[dict[str, Any]], bool],
+    *,
+    limit: float = 120.0,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Read a real event stream (replay, then live) until `match(event)`; fail after `limit`
+    seconds overall (telemetry keeps the stream busy, so a per-frame timeout is not enough)."""
+    deadline = time.monotonic() + limit
+    seen = 0
+    with connect(ws_url, open_timeout=10, additional_headers=headers) as ws:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching event within {limit:g} s ({seen} read)")
+            event: dict[str, Any] = json.loads(ws.recv(timeout=left))
+            seen += 1
+            if match(event):
+                return event

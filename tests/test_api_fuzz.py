@@ -10,7 +10,6 @@ generated. Bounded: 100 examples per operation and generation mode, no deadline.
 from __future__ import annotations
 
 import itertools
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from websockets.sync.client import connect
 
 from tests.runtime_harness import make_home
-from tests.server_process import ServerProcess, running_server
+from tests.server_process import ServerProcess, read_events_until, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +39,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     home = make_home(tmp_path_factory.mktemp("fuzz"), tiny_model)
     with running_server(home, GENVISOR_QUEUE_MAX="5") as srv:
         # /readyz answers 503 while starting, by design: fuzz the server once it serves.
-        with connect(f"{srv.ws_url}/v1/events?since=0", open_timeout=10) as ws:
-            while True:
-                event = json.loads(ws.recv(timeout=120))
-                if event["type"] == "supervisor.transition" and event["data"]["to"] == "ready":
-                    break
+        read_events_until(
+            f"{srv.ws_url}/v1/events?since=0",
+            lambda e: e["type"] == "supervisor.transition" and e["data"]["to"] == "ready",
+        )
         yield srv
 
 

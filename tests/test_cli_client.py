@@ -11,13 +11,20 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from websockets.sync.client import connect
 
 from tests.runtime_harness import make_home
-from tests.server_process import GENVISOR, ServerProcess, free_port, running_server, server_env
+from tests.server_process import (
+    GENVISOR,
+    ServerProcess,
+    free_port,
+    read_events_until,
+    running_server,
+    server_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +56,15 @@ def cli(
 
 def wait_denoising(srv: ServerProcess, job_id: str, since: int) -> None:
     """Until the job has done a denoising step (a real WebSocket, replay then live)."""
-    with connect(f"{srv.ws_url}/v1/events?since={since}", open_timeout=10) as ws:
-        while True:
-            event = json.loads(ws.recv(timeout=120))
-            data = event["data"]
-            if data.get("job_id") != job_id:
-                continue
-            assert event["type"] in ("job.queued", "job.started", "job.progress"), event
-            if event["type"] == "job.progress" and (data["step"] or 0) >= 1:
-                return
+
+    def denoising(event: dict[str, Any]) -> bool:
+        data = event["data"]
+        if data.get("job_id") != job_id:
+            return False
+        assert event["type"] in ("job.queued", "job.started", "job.progress"), event
+        return event["type"] == "job.progress" and (data["step"] or 0) >= 1
+
+    read_events_until(f"{srv.ws_url}/v1/events?since={since}", denoising)
 
 
 def job_counts(srv: ServerProcess) -> dict[str, int]:

@@ -23,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.runtime_harness import make_home
-from tests.server_process import GENVISOR, free_port, server_env
+from tests.server_process import GENVISOR, free_port, read_events_until, server_env
 
 pytestmark = pytest.mark.slow
 
@@ -88,11 +88,7 @@ def host(tmp_path: Path, tiny_model: Path) -> Iterator[HostProcess]:
 
 
 def wait_event(ws_url: str, match: Any, *, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    with connect(ws_url, open_timeout=10, additional_headers=headers) as ws:
-        while True:
-            event: dict[str, Any] = json.loads(ws.recv(timeout=120))
-            if match(event):
-                return event
+    return read_events_until(ws_url, match, headers=headers)
 
 
 def test_host_routes_and_genvisor_under_a_prefix_then_clean_shutdown(host: HostProcess) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -11,10 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.sync.client import connect
 
 from tests.runtime_harness import make_home
-from tests.server_process import ServerProcess, running_server
+from tests.server_process import ServerProcess, read_events_until, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +35,7 @@ def wait_event(
     srv: ServerProcess, match: Any, *, since: int = 0, limit: float = 120.0
 ) -> dict[str, Any]:
     """Read the event stream (replay, then live) until `match(event)`; real WebSocket."""
-    with connect(f"{srv.ws_url}/v1/events?since={since}", open_timeout=10) as ws:
-        while True:
-            event: dict[str, Any] = json.loads(ws.recv(timeout=limit))
-            if match(event):
-                return event
+    return read_events_until(f"{srv.ws_url}/v1/events?since={since}", match, limit=limit)
 
 
 def job_event(srv: ServerProcess, job_id: str, *types: str) -> dict[str, Any]:
