@@ -35,8 +35,8 @@ def test_cuda_walks_every_rung_in_order() -> None:
 
 
 def test_cpu_skips_offload_rungs() -> None:
+    # No cache to free on a CPU either: a plain retry would fail the same way.
     assert _walk(DeviceKind.CPU, True) == [
-        RungId.FREE_CACHES,
         RungId.VAE_TILING,
         RungId.LAYERWISE_FP8,
         RungId.FEWER_FRAMES,
@@ -47,7 +47,7 @@ def test_cpu_skips_offload_rungs() -> None:
 
 def test_output_changing_rungs_are_skipped_when_the_job_opts_out() -> None:
     walk = _walk(DeviceKind.CPU, False)
-    assert walk == [RungId.FREE_CACHES, RungId.VAE_TILING, RungId.LAYERWISE_FP8]
+    assert walk == [RungId.VAE_TILING, RungId.LAYERWISE_FP8]
     assert not any(r.changes_output for r in LADDER if r.id in walk)
 
 

@@ -180,7 +180,8 @@ async def test_decode_oom_under_cap_keeps_latents_and_tiled_decode_only_succeeds
     tmp_path: Path, tiny_model: Path
 ) -> None:
     """480x832x17 fails in the VAE decode under a 2 GiB address-space cap with the real CPU
-    allocator error; the kept latents decode under the same cap with VAE tiling."""
+    allocator error; the kept latents decode under the same cap with VAE tiling, in a fresh
+    worker (as the supervisor does: a process that hit the cap keeps memory mapped)."""
     out = tmp_path / "out"
     launch = WorkerLaunch(
         log_path=tmp_path / "worker.log", memory_limit="2GiB", heartbeat_interval=0.2
@@ -203,6 +204,10 @@ async def test_decode_oom_under_cap_keeps_latents_and_tiled_decode_only_succeeds
         assert failed.latents_path is not None
         assert Path(failed.latents_path).name == "job-big.latents.safetensors"
         assert visible_files(out) == ["job-big.latents.safetensors"]
+        await handle.shutdown()
+        handle = await spawn_worker(launch)
+        await handle.send(Load(model_path=str(tiny_model), model_name="tiny-wan"))
+        assert isinstance((await until_terminal(handle))[-1], Loaded)
 
         retry = Generate(
             job_id="job-big-retry",
