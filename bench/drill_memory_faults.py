@@ -14,7 +14,8 @@ __all__ = ["oom_at_decode", "oom_at_denoise", "oom_at_load"]
 
 # Measured here: tiny-wan at 832x480x17 runs out of address space at VAE decode under 2 GiB.
 DECODE = {**SMALL, "width": 832, "height": 480, "frames": 17, "steps": 2}
-# Past what fits under 2 GiB at any rung: denoising itself needs more.
+# Past what fits under 2 GiB as asked: denoising itself needs more. Pre-flight refuses it, or
+# it runs out of memory in denoise and walks the ladder (fewer frames, lower resolution, ...).
 DENOISE = {**SMALL, "width": 1280, "height": 1280, "frames": 33, "steps": 2}
 
 
@@ -33,6 +34,12 @@ def _oom(srv: Server, result: FaultResult, body: dict[str, Any], stage: str) -> 
     took = time.monotonic() - began
     retries = [e["data"] for e in feed.of_job(job, "job.retrying")]
     view = srv.job(job)
+    # A job that fits at no rung ends the ladder: the supervisor halts (issue 6: "degraded or
+    # halted"), an operator resets it, and it serves again.
+    halted = srv.state().get("state") == "halted"
+    if halted:
+        srv.http.post("/v1/supervisor/reset")
+        srv.wait_serving()
     after = srv.submit(SMALL)
     follow = srv.wait_job(after, limit=60)
     result.jobs_accepted += 2
@@ -45,7 +52,8 @@ def _oom(srv: Server, result: FaultResult, body: dict[str, Any], stage: str) -> 
     error = done["data"].get("error") or {}
     result.observed = (
         f"{done['type']} {error.get('code', '')} in {took:.1f}s; retries: {seen}; "
-        f"changes {_rungs(view)}; next job {follow['type']}; state {srv.state_brief()}"
+        f"changes {_rungs(view)}; {'halted, reset; ' if halted else ''}"
+        f"next job {follow['type']}; state {srv.state_brief()}"
     )
     del mark
     if follow["type"] != "job.succeeded":
@@ -55,6 +63,8 @@ def _oom(srv: Server, result: FaultResult, body: dict[str, Any], stage: str) -> 
             result.fail(f"succeeded without any memory change: no OOM at {stage} happened")
     elif error.get("code") != "VRAM.EXHAUSTED":
         result.fail(f"failed with {error.get('code')}, not a clear VRAM.EXHAUSTED")
+    elif halted and len(retries) == 0:
+        result.fail("halted without walking the ladder")
     result.survived = not result.notes
 
 
