@@ -184,11 +184,13 @@ class JobFlow:
             "options_used": done.options_used.model_dump(mode="json"),
             "timings": {k.value: v for k, v in done.timings.items()},
             "peak_memory_bytes": done.peak_memory_bytes,
+            "peak_growth_bytes": done.peak_growth_bytes,
             "changes": list(job.changes),
         }
         self.store.save(job)
         if self.memory is not None:
             self.memory.succeeded(job)
+            self.memory.measured(job, done.options_used, done.params_used, done.peak_growth_bytes)
         self._publish(
             ev.JobSucceeded(
                 job_id=job.id,

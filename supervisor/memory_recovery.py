@@ -81,6 +81,7 @@ class MemoryRecovery:
         budget: Callable[[Job], int | None],
         estimate: Callable[[Job, PipelineOptions, GenerationParams], Estimate | None],
         reserve: int,
+        calibrate: Callable[[Job, PipelineOptions, GenerationParams, int], None] | None = None,
     ) -> None:
         self.ladder = ladder
         self.strategies = strategies
@@ -91,6 +92,7 @@ class MemoryRecovery:
         self._budget = budget
         self._estimate = estimate
         self.reserve = reserve
+        self._calibrate = calibrate
 
     def key(self, job: Job) -> StrategyKey:
         cap, total = self._memory_key()
@@ -211,6 +213,13 @@ class MemoryRecovery:
         )
 
     # -- after success --------------------------------------------------------------------------
+
+    def measured(
+        self, job: Job, options: PipelineOptions, params: GenerationParams, growth: int | None
+    ) -> None:
+        """A job's own peak memory growth: a calibration sample for pre-flight."""
+        if growth is not None and growth > 0 and self._calibrate is not None:
+            self._calibrate(job, options, params, growth)
 
     def succeeded(self, job: Job) -> None:
         recovered = [c for c in job.changes if c.get("origin") == "recovery"]

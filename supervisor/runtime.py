@@ -24,6 +24,7 @@ from actors.generator import Generator, ModelChoice
 from actors.model_loader import LoadFailed, ModelLoader, Operation, ResolvedModel, ResolveModel
 from actors.models.model_errors import ModelUnavailable
 from actors.models.registry import load_registry
+from actors.vram.calibration import CalibrationStore, PeakSample
 from actors.vram.ladder import load_ladder
 from actors.vram.learned_strategies import LearnedStrategies
 from actors.vram.preflight import Estimate, estimate_peak, load_memory_profiles
@@ -97,6 +98,7 @@ class Runtime:
         self._weights: dict[str, ModelWeights] = {}
         self._profiles = load_memory_profiles()
         self.strategies = LearnedStrategies(settings.home / "vram.sqlite3")
+        self.calibration = CalibrationStore(settings.home / "vram.sqlite3")
         if settings.clear_learned_strategies:
             self.strategies.clear()
         self.memory = MemoryRecovery(
@@ -109,6 +111,7 @@ class Runtime:
             budget=self._memory_budget,
             estimate=self._estimate,
             reserve=int(settings.memory_reserve),
+            calibrate=self._calibrate,
         )
         self.output_dir = settings.home / "outputs"
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -219,11 +222,30 @@ class Runtime:
     def _estimate(
         self, job: Job, options: PipelineOptions, params: GenerationParams
     ) -> Estimate | None:
+        return self._estimate_with(job, options, params, calibrated=True)
+
+    def _estimate_with(
+        self, job: Job, options: PipelineOptions, params: GenerationParams, *, calibrated: bool
+    ) -> Estimate | None:
         weights = self._weights.get(job.model)
         profile = self._profiles.get(job.model.lower())
         if weights is None or profile is None:
             return None
+        if calibrated:
+            profile = self.calibration.calibrated(profile, job.model, self.device)
         return estimate_peak(profile, weights, options, params)
+
+    def _calibrate(
+        self, job: Job, options: PipelineOptions, params: GenerationParams, growth: int
+    ) -> None:
+        """Record one measured peak against the seed (unscaled) estimate of the same run."""
+        seed = self._estimate_with(job, options, params, calibrated=False)
+        if seed is None:
+            return
+        # The growth is what the job added on top of a loaded pipeline: weights and overhead
+        # were already resident, so they are added back to compare like with like.
+        measured = growth + seed.weights + seed.overhead
+        self.calibration.record(job.model, self.device, PeakSample.from_estimate(seed, measured))
 
     def base_options(self) -> PipelineOptions:
         """The options a job starts with before pre-flight or recovery change anything."""

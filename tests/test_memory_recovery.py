@@ -85,6 +85,12 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert again.attempts == 1
         learned = runtime.strategies.all()
         assert [s.rung.value for s in learned] == ["vae_tiling"]
+        # Each job's own peak became a calibration sample; the seed figures were low.
+        assert again.result is not None
+        assert again.result["peak_growth_bytes"] > 0
+        samples = runtime.calibration.samples("tiny-wan", "cpu")
+        assert len(samples) >= 2
+        assert runtime.calibration.calibration("tiny-wan", "cpu").decode_scale > 1.0
 
         # A request that can not fit at any rung, output changes refused, is refused up front.
         huge = _big_job(allow_output_changes=False)

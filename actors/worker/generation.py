@@ -151,6 +151,36 @@ def _save_latents(path: Path, latents: torch.Tensor, run: JobRun) -> None:
     tmp.replace(path)
 
 
+def _resident_now(device: str) -> int | None:
+    """Memory in use at the start of a job, after resetting the peak counters so that the
+    peak read at its end is this job's (CPU: /proc/self/clear_refs, Linux >= 4.0)."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.memory_allocated(torch.device(device)))
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_bytes("VmRSS")
+    except OSError:
+        return None
+
+
+def _proc_status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def _peak_growth(device: str, start: int | None) -> int | None:
+    if start is None:
+        return None
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(torch.device(device))) - start
+    try:
+        return _proc_status_bytes("VmHWM") - start
+    except OSError:
+        return None
+
+
 def _peak_memory_bytes(device: str) -> int:
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated(torch.device(device)))
@@ -186,6 +216,7 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
     device = request.options.device
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(device))
+    resident_at_start = _resident_now(device)
     stage = JobStage.ENCODE
     latents: torch.Tensor | None = None
     failure: ErrorReport | None = None
@@ -242,6 +273,7 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
         sidecar_path=str(paths.sidecar),
         timings=dict(run.timings),
         peak_memory_bytes=_peak_memory_bytes(device),
+        peak_growth_bytes=_peak_growth(device, resident_at_start),
         params_used=request.params,
         options_used=request.options,
     )

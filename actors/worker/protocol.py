@@ -202,6 +202,9 @@ class Done(_Frozen):
     sidecar_path: str
     timings: dict[JobStage, float]
     peak_memory_bytes: int
+    # How far memory rose above what was in use when the job started (this job's own peak):
+    # what pre-flight calibration compares its activation estimate with. None: not measurable.
+    peak_growth_bytes: int | None = None
     params_used: GenerationParams
     options_used: PipelineOptions
 
