@@ -22,11 +22,18 @@ from pydantic_settings import (
 
 from supervisor.exceptions import ConfigError
 
-__all__ = ["CONFIG_DIR", "Settings", "load_settings"]
+__all__ = ["CONFIG_DIR", "SHIPPED_CONFIG_DIR", "Settings", "config_path", "load_settings"]
 
-CONFIG_DIR = Path(
-    os.environ.get("GENVISOR_CONFIG_DIR", Path(__file__).resolve().parents[1] / "config")
-)
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_DIR = Path(os.environ.get("GENVISOR_CONFIG_DIR", SHIPPED_CONFIG_DIR))
+
+
+def config_path(name: str) -> Path:
+    """`name` in the config directory (GENVISOR_CONFIG_DIR), else the one shipped with genvisor."""
+    candidate = CONFIG_DIR / name
+    return candidate if candidate.is_file() else SHIPPED_CONFIG_DIR / name
+
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 

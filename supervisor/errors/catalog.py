@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from supervisor.errors.categories import ErrorCode
 from supervisor.exceptions import ConfigError
+from supervisor.settings import config_path
 
 __all__ = [
     "DEFAULT_MESSAGES_PATH",
@@ -117,12 +118,7 @@ def _fields(template: str) -> tuple[str, ...]:
 
 
 def _messages_path() -> Path:
-    try:
-        from supervisor.settings import CONFIG_DIR
-    except ImportError:  # pragma: no cover - settings is part of the package
-        return DEFAULT_MESSAGES_PATH
-    candidate = Path(CONFIG_DIR) / "messages.toml"
-    return candidate if candidate.is_file() else DEFAULT_MESSAGES_PATH
+    return config_path("messages.toml")
 
 
 @lru_cache(maxsize=1)

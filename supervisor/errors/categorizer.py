@@ -31,6 +31,7 @@ from supervisor.errors.type_rules import (
     default_type_rules,
     errno_of,
 )
+from supervisor.settings import config_path
 
 __all__ = ["DEFAULT_PATTERNS_PATH", "Categorizer", "default_categorizer"]
 
@@ -115,14 +116,7 @@ class Categorizer:
 
 
 def _patterns_path() -> Path:
-    # The settings module knows the config directory (GENVISOR_CONFIG_DIR); it is imported
-    # lazily so that categorizing never depends on loading settings.
-    try:
-        from supervisor.settings import CONFIG_DIR
-    except ImportError:  # pragma: no cover - settings is part of the package
-        return DEFAULT_PATTERNS_PATH
-    candidate = Path(CONFIG_DIR) / "error_patterns.toml"
-    return candidate if candidate.is_file() else DEFAULT_PATTERNS_PATH
+    return config_path("error_patterns.toml")
 
 
 @lru_cache(maxsize=1)
