@@ -204,18 +204,20 @@ class Runtime:
     def _memory_budget(self, job: Job) -> int | None:
         """What the job's pipeline may use, weights included.
 
-        Under a CPU cap the monitor samples `cap - the worker's address space now` (the loaded
-        weights are part of that address space, so they are added back); otherwise the
-        device's free memory plus what the worker already holds. None until a sample of the
-        current worker exists: then pre-flight does not guess.
+        Under a CPU cap: the cap less the worker's address space when it became ready. Not the
+        live address space: a process keeps freed heap mapped and reuses it, so after one job
+        `cap - VmSize` reads far lower than what the next job can really use (seen here: 239
+        MiB "free" where the same job then ran). Otherwise the device's free memory plus what
+        the worker already holds, from a sample of the current worker (None before one).
         """
-        sample, ready = self.last_vram_sample, self.worker_ready
+        ready = self.worker_ready
+        if self.memory_cap is not None and self.device == "cpu":
+            if ready is None or ready.baseline_address_space_bytes is None:
+                return None
+            return self.memory_cap - ready.baseline_address_space_bytes
+        sample = self.last_vram_sample
         if sample is None or ready is None or self._sampled_at <= self._worker_started:
             return None
-        weights = self._weights.get(job.model)
-        loaded = weights.stored_bytes if weights is not None else 0
-        if self.memory_cap is not None and self.device == "cpu":
-            return sample.free + loaded
         budget = sample.free + (sample.process_used or 0)
         return min(budget, self.memory_cap) if self.memory_cap is not None else budget
 
