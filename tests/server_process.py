@@ -55,25 +55,30 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_server(
-    home: Path, *, port: int | None = None, startup_timeout: float = 60.0, **env: str
-) -> Iterator[ServerProcess]:
-    """Start the server; return once uvicorn says it listens (read from its log, not polled)."""
-    port = port or free_port()
+def uvicorn_process(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    startup_timeout: float = 60.0,
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """Run an ASGI server process; return once uvicorn says it listens (read from its log, not
+    polled). Yields the process and its log lines (still filling); kills it on the way out."""
     proc = subprocess.Popen(
-        [GENVISOR, "serve", "--port", str(port)],
-        env=server_env(home, **env),
+        command,
+        env=env,
+        cwd=cwd,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    server = ServerProcess(proc=proc, port=port, home=home)
+    log_lines: list[str] = []
     listening = threading.Event()
 
     def pump() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            server.log_lines.append(line)
+            log_lines.append(line)
             if "Uvicorn running on" in line:
                 listening.set()
         listening.set()  # the process ended: stop waiting
@@ -81,14 +86,28 @@ def running_server(
     threading.Thread(target=pump, daemon=True).start()
     try:
         if not listening.wait(startup_timeout) or proc.poll() is not None:
-            raise RuntimeError("server did not start:\n" + "".join(server.log_lines[-40:]))
-        yield server
+            raise RuntimeError(f"{command[0]} did not start:\n" + "".join(log_lines[-40:]))
+        yield proc, log_lines
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@contextmanager
+def running_server(
+    home: Path, *, port: int | None = None, startup_timeout: float = 60.0, **env: str
+) -> Iterator[ServerProcess]:
+    """`genvisor serve` on a free loopback port over `home`."""
+    port = port or free_port()
+    command = [GENVISOR, "serve", "--port", str(port)]
+    with uvicorn_process(command, env=server_env(home, **env), startup_timeout=startup_timeout) as (
+        proc,
+        log_lines,
+    ):
+        yield ServerProcess(proc=proc, port=port, home=home, log_lines=log_lines)
 
 
 def read_events_until(

@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.runtime_harness import make_home
-from tests.server_process import GENVISOR, free_port, read_events_until, server_env
+from tests.server_process import (
+    GENVISOR,
+    free_port,
+    read_events_until,
+    server_env,
+    uvicorn_process,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -55,36 +60,9 @@ def host(tmp_path: Path, tiny_model: Path) -> Iterator[HostProcess]:
     port = free_port()
     marker = tmp_path / "host-lifespan.txt"
     env = server_env(home, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [sys.executable, str(HOST_SCRIPT), str(port), str(marker)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    server = HostProcess(proc=proc, port=port, home=home, marker=marker)
-    listening = threading.Event()
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            server.log_lines.append(line)
-            if "Uvicorn running on" in line:
-                listening.set()
-        listening.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        if not listening.wait(60) or proc.poll() is not None:
-            raise RuntimeError("host did not start:\n" + "".join(server.log_lines[-40:]))
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    command = [sys.executable, str(HOST_SCRIPT), str(port), str(marker)]
+    with uvicorn_process(command, env=env, cwd=REPO) as (proc, log_lines):
+        yield HostProcess(proc=proc, port=port, home=home, marker=marker, log_lines=log_lines)
 
 
 def wait_event(ws_url: str, match: Any, *, headers: dict[str, str] | None = None) -> dict[str, Any]:
