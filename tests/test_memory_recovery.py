@@ -48,6 +48,9 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
             assert change["rung"] == "vae_tiling"
             assert "because memory ran out at VAE decode" in change["description"]
             assert change["decode_only"] is True
+            # The transition out of recovering follows job.succeeded in the same step: wait for
+            # it to reach this subscriber rather than read the log at the first event.
+            await log.wait_for(lambda: "degraded" in log.states(), "recovering -> degraded")
             walk = log.states()
             assert walk[walk.index("failed") :][:4] == [
                 "failed",

@@ -56,6 +56,8 @@ async def test_a_load_that_fails_on_damaged_files_is_repaired_and_rerun(
         assert retrying.data.error_code == "MODEL.CORRUPTED"  # type: ignore[attr-defined]
         assert done.type.value == "job.succeeded", done.to_json()
         assert json.loads(config.read_text())["_class_name"] == "WanTransformer3DModel"
+        # recovering -> ready follows job.succeeded in the same step: wait for it to arrive.
+        await log.wait_for(lambda: log.states().count("ready") >= 2, "recovering -> ready")
         walk = log.states()
         assert walk[walk.index("failed") :][:4] == ["failed", "categorizing", "recovering", "ready"]
         stored = runtime.store.get(job.id)
