@@ -188,9 +188,6 @@ class JobFlow:
             "changes": list(job.changes),
         }
         self.store.save(job)
-        if self.memory is not None:
-            self.memory.succeeded(job)
-            self.memory.measured(job, done.options_used, done.params_used, done.peak_growth_bytes)
         self._publish(
             ev.JobSucceeded(
                 job_id=job.id,
@@ -199,6 +196,10 @@ class JobFlow:
                 duration_s=round(job.finished_ts - (job.started_ts or job.created_ts), 3),
             )
         )
+        # Bookkeeping for the next jobs (learned rung, calibration) after the person is told.
+        if self.memory is not None:
+            self.memory.succeeded(job)
+            self.memory.measured(job, done.options_used, done.params_used, done.peak_growth_bytes)
 
     def _record_model_choice(self, job: Job, choice: ModelChoice) -> None:
         """Repairs and stand-ins become changes of the job (once each, for its report)."""

@@ -93,6 +93,9 @@ class CalibrationStore:
     def __init__(self, path: Path, *, window: int = 50) -> None:
         self.path = path
         self.window = window
+        # Invariant: a fit is recomputed only after a record for its (model, device); pre-flight
+        # asks for it once per rung it considers.
+        self._fits: dict[tuple[str, str], Calibration] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db, db:
             db.execute(_SCHEMA)
@@ -101,6 +104,7 @@ class CalibrationStore:
         return sqlite3.connect(self.path, timeout=5.0)
 
     def record(self, model: str, device: str, sample: PeakSample) -> None:
+        self._fits.pop((model, device), None)
         with closing(self._connect()) as db, db:
             db.execute(
                 "INSERT INTO memory_peaks (model, device, stage, resident_bytes, "
@@ -126,7 +130,10 @@ class CalibrationStore:
         return [PeakSample(Stage(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     def calibration(self, model: str, device: str) -> Calibration:
-        return fit_scales(self.samples(model, device))
+        fit = self._fits.get((model, device))
+        if fit is None:
+            fit = self._fits[(model, device)] = fit_scales(self.samples(model, device))
+        return fit
 
     def calibrated(self, profile: MemoryProfile, model: str, device: str) -> MemoryProfile:
         """`profile` with the scales fitted on this machine's measurements (seed when none)."""
