@@ -33,15 +33,23 @@ from drill_io_faults import (  # noqa: E402
     output_read_only,
     stalled_websocket,
 )
-from drill_memory_faults import oom_at_decode, oom_at_denoise, oom_at_load  # noqa: E402
+from drill_memory_faults import (  # noqa: E402
+    heavy_models_toml,
+    oom_at_decode,
+    oom_at_denoise,
+    oom_at_load,
+)
 from drill_model_faults import REPO_ID, file_faults, hub_down, hub_flaky_pull, models_toml  # noqa: E402
 from drill_process_faults import server_kill, worker_hang, worker_kills  # noqa: E402
 from drill_report import FaultResult, print_table, run_fault, summary_line  # noqa: E402
 
 from tests.hub_server import HubRepo, HubServer  # noqa: E402
 
-# Below what the pipeline needs to load, above the worker's own start-up address space.
-LOAD_CAP = "1000MiB"
+# The worker starts in ~0.9 GiB of address space; loading the heavy model (~490 MB of float32
+# weights) needs ~1.1 GiB more (measured), tiny-wan almost nothing.
+LOAD_CAP = "1536MiB"
+HEAVY_MODEL = "tiny-wan-heavy"
+HEAVY_WEIGHTS_MB = "490"
 
 
 def _home(root: Path, name: str, tiny: Path) -> Path:
@@ -106,12 +114,20 @@ def run(root: Path) -> list[FaultResult]:
             lambda r: oom_at_denoise(memory, r)))  # fmt: skip
         memory.close()
 
-        load = Server("load", _home(root, "load", tiny), {"GENVISOR_DEVICE_MEMORY_LIMIT": LOAD_CAP})
+        load_home = _home(root, "load", tiny)
+        subprocess.run([GENVISOR, "models", "make-tiny", "--out",
+                        str(load_home / "models" / HEAVY_MODEL), "--weights-mb", HEAVY_WEIGHTS_MB],
+                       check=True, capture_output=True)  # fmt: skip
+        heavy_file = root / "heavy-models.toml"
+        heavy_file.write_text(heavy_models_toml(HEAVY_MODEL))
+        load = Server("load", load_home, {"GENVISOR_DEVICE_MEMORY_LIMIT": LOAD_CAP,
+                                          "GENVISOR_MODELS_FILE": str(heavy_file)})  # fmt: skip
         servers.append(load)
         load.start()
         results.append(run_fault(
-            FaultResult(f"OOM at load ({LOAD_CAP} cap)", "clear error, server stays up"),
-            lambda r: oom_at_load(load, r)))  # fmt: skip
+            FaultResult(f"OOM at load ({LOAD_CAP} cap, {HEAVY_WEIGHTS_MB} MB weights)",
+                        "VRAM.EXHAUSTED at load, numbers; reset; small ok"),
+            lambda r: oom_at_load(load, r, HEAVY_MODEL)))  # fmt: skip
         load.close()
 
         models_file = root / "models.toml"

@@ -7,10 +7,10 @@ import json
 import time
 from typing import Any
 
-from drill_env import SMALL, DrillError, Server
+from drill_env import SMALL, Server
 from drill_report import FaultResult
 
-__all__ = ["oom_at_decode", "oom_at_denoise", "oom_at_load"]
+__all__ = ["heavy_models_toml", "oom_at_decode", "oom_at_denoise", "oom_at_load"]
 
 # Measured here: tiny-wan at 832x480x17 runs out of address space at VAE decode under 2 GiB.
 DECODE = {**SMALL, "width": 832, "height": 480, "frames": 17, "steps": 2}
@@ -63,8 +63,11 @@ def _oom(srv: Server, result: FaultResult, body: dict[str, Any], stage: str) -> 
             result.fail(f"succeeded without any memory change: no OOM at {stage} happened")
     elif error.get("code") != "VRAM.EXHAUSTED":
         result.fail(f"failed with {error.get('code')}, not a clear VRAM.EXHAUSTED")
-    elif halted and len(retries) == 0:
-        result.fail("halted without walking the ladder")
+    elif halted and not retries and not _rungs(view):
+        # The ladder may be walked up front (pre-flight) or after real failures; halting with
+        # neither means nothing was tried. After pre-flight, a failure at a stage no remaining
+        # rung can lower gives up at once (the job failed at decode with only fewer_steps left).
+        result.fail("halted without trying any rung")
     result.survived = not result.notes
 
 
@@ -78,34 +81,63 @@ def oom_at_denoise(srv: Server, result: FaultResult) -> None:
     _oom(srv, result, DENOISE, "denoise")
 
 
-def oom_at_load(srv: Server, result: FaultResult) -> None:
-    """A cap too small to load the pipeline: the worker can not start or the load fails; the
-    server must say so clearly and stay up. If the pipeline loads anyway, the fault is not
-    reproducible here and is reported so, not faked."""
-    try:
-        srv.wait_serving(limit=25)
-        served = True
-    except DrillError:
-        served = False
-    state = srv.state()
-    last = (state.get("history") or [{}])[-1]
-    if served:
-        job = srv.submit(SMALL)
-        done = srv.wait_job(job, limit=60)
-        result.jobs_accepted += 1
-        result.jobs_lost += len(srv.lost_jobs([job], limit=5))
-        error = done["data"].get("error") or {}
-        result.observed = f"worker started; job {done['type']} {error.get('code', '')}"
-        if done["type"] == "job.succeeded":
-            result.reproducible = False
-            result.observed += ": the pipeline loads under this cap, no OOM at load here"
-            return
-        if not str(error.get("code", "")).startswith("VRAM."):
-            result.fail(f"load failure reported as {error.get('code')}")
-    else:
-        result.observed = f"not serving: {state.get('state')}: {str(last.get('reason'))[:150]}"
-        if state.get("state") not in ("halted", "degraded"):
-            result.fail("not serving, and not halted/degraded with a reason")
+def heavy_models_toml(name: str) -> str:
+    """The registry entry of the drill's heavy model (make-tiny --weights-mb, in the home)."""
+    return f"""
+[models."{name}"]
+description = "tiny-wan widened to ~490 MB of weights: loading it needs ~1 GB"
+source = "local"
+local_path = "models/{name}"
+pipeline_class = "WanPipeline"
+defaults = {{ width = 32, height = 32, num_frames = 5, steps = 2, guidance_scale = 1.0, fps = 8 }}
+limits = {{ max_width = 256, max_height = 256, max_frames = 33, max_steps = 1000 }}
+memory = {{ weights_bytes = 490000000, activation_base_bytes = 67108864, activation_bytes_per_latent_token = 4096.0 }}
+"""  # noqa: E501
+
+
+def oom_at_load(srv: Server, result: FaultResult, model: str) -> None:
+    """A cap that leaves less than loading `model` needs: the load fails for real (the
+    allocator refuses under RLIMIT_AS). No rung lowers a load on a CPU, so the job fails at once
+    with a clear VRAM.EXHAUSTED at stage load and the numbers; the supervisor halts, a reset
+    brings it back, and a small model still runs under the same cap."""
+    srv.wait_serving()
+    feed = srv.events()
+    began = time.monotonic()
+    job = srv.submit({**SMALL, "model": model})
+    done = srv.wait_job(job, limit=120)
+    took = time.monotonic() - began
+    error = done["data"].get("error") or {}
+    stage = (error.get("technical") or {}).get("stage")
+    kind = (error.get("technical") or {}).get("type")
+    retries = feed.of_job(job, "job.retrying")
+    halted = srv.state().get("state") == "halted"
     if srv.http.get("/healthz").status_code != 200:
         result.fail("the control process stopped answering")
+    if halted:
+        srv.http.post("/v1/supervisor/reset")
+        srv.wait_serving()
+    after = srv.submit(SMALL)
+    follow = srv.wait_job(after, limit=60)
+    result.jobs_accepted += 2
+    result.jobs_lost += len(srv.lost_jobs([job, after], limit=5))
+    result.recovery_s = took
+    result.observed = (
+        f"{done['type']} {error.get('code', '')} at {stage} ({kind}) in {took:.1f}s, "
+        f"{len(retries)} retries: {str(error.get('message'))[:110]}; "
+        f"{'halted, reset; ' if halted else ''}tiny-wan next: {follow['type']}"
+    )
+    if done["type"] == "job.succeeded":
+        result.reproducible = False
+        result.observed += ": the model loads under this cap, no OOM at load here"
+        return
+    if done["type"] != "job.failed":
+        result.fail(f"ended {done['type']}, not failed")
+    elif error.get("code") != "VRAM.EXHAUSTED" or stage != "load":
+        result.fail(f"failed with {error.get('code')} at {stage}, not VRAM.EXHAUSTED at load")
+    elif "Loading" not in str(error.get("message")):
+        result.fail("the message does not say that loading the model needs more memory")
+    if retries:
+        result.fail("re-ran a load that no rung can shrink")
+    if follow["type"] != "job.succeeded":
+        result.fail("a small job after it did not succeed")
     result.survived = not result.notes

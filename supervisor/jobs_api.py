@@ -92,24 +92,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
         """Queue a generation. Answered once the job is durable (202), with its position."""
         state = runtime.supervisor.state
         if state not in (State.READY, State.DEGRADED, State.RECOVERING, State.STARTING):
-            raise ApiError(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                code=ErrorCode.WORKER_CRASHED
-                if state is State.HALTED
-                else ErrorCode.CONFIG_INVALID,
-                title=f"genvisor is {state.value} and takes no new jobs",
-                message=(
-                    "The supervisor halted after repeated failures; nothing new is accepted "
-                    "until an operator resets it."
-                    if state is State.HALTED
-                    else f"The server is {state.value}."
-                ),
-                suggestions=[
-                    "Read the reason with `genvisor state`.",
-                    "Reset it with `genvisor reset` or POST /v1/supervisor/reset.",
-                ],
-                headers={"Retry-After": "30"},
-            )
+            raise _not_accepting(runtime, state)
         job = _build_job(body)
         if isinstance(job, JSONResponse):
             return job
@@ -268,3 +251,32 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
                 job_id=job_id,
             )
         return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+
+
+def _not_accepting(runtime: Runtime, state: State) -> ApiError:
+    """503 for a halted (or stopping) supervisor, saying why it halted: the code and reason of
+    the transition that halted it (restart intensity, a job nothing could fit, ...)."""
+    history = runtime.supervisor.machine.history
+    last = history[-1] if history else None
+    code = ErrorCode.WORKER_CRASHED if state is State.HALTED else ErrorCode.CONFIG_INVALID
+    why = f"The server is {state.value}."
+    if state is State.HALTED:
+        why = "The supervisor halted"
+        if last is not None and last.to_state is State.HALTED:
+            code = ErrorCode(last.error_code) if last.error_code in _CODES else code
+            why += f": {last.reason}"
+        why += ". Nothing new is accepted until an operator resets it."
+    return ApiError(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        code=code,
+        title=f"genvisor is {state.value} and takes no new jobs",
+        message=why,
+        suggestions=[
+            "Read the reason with `genvisor state`.",
+            "Reset it with `genvisor reset` or POST /v1/supervisor/reset.",
+        ],
+        headers={"Retry-After": "30"},
+    )
+
+
+_CODES = frozenset(c.value for c in ErrorCode)

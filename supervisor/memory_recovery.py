@@ -22,18 +22,27 @@ from actors.vram.ladder import (
     apply_rung,
     apply_up_to,
     device_kind,
-    next_rung,
     oom_cause,
+    rung_for_failure,
 )
 from actors.vram.learned_strategies import LearnedStrategies, StrategyKey
-from actors.vram.preflight import Estimate, Plan, PreflightJob, Refusal, choose_rung
+from actors.vram.preflight import (
+    Estimate,
+    Plan,
+    PreflightJob,
+    Refusal,
+    choose_rung,
+    format_bytes,
+    load_peak,
+)
+from actors.vram.weights_header import ModelWeights
 from actors.worker.protocol import Failed, GenerationParams, PipelineOptions
 from supervisor.diagnosis import Diagnosis
 from supervisor.errors import ErrorCode, Stage
 from supervisor.jobs import Job
 from supervisor.recovery_plan import RecoveryStep
 
-__all__ = ["MEMORY_CODES", "RUNG_ACTIONS", "MemoryRecovery", "PreflightRefused"]
+__all__ = ["MEMORY_CODES", "RUNG_ACTIONS", "MemoryRecovery", "PreflightRefused", "load_facts"]
 
 log = logging.getLogger("genvisor.memory")
 
@@ -165,19 +174,19 @@ class MemoryRecovery:
         recoveries = sum(1 for c in job.changes if c.get("origin") == "recovery")
         if recoveries >= self.max_attempts:
             return self._give_up(job, diagnosis, f"{recoveries} recovery attempts used")
-        after = RungId(job.rungs_tried[-1]) if job.rungs_tried else None
-        rung = next_rung(
+        stage = failed.report.stage
+        kind = device_kind(self.device)
+        rung = rung_for_failure(
             self.ladder,
-            after,
-            device_kind(self.device),
+            {RungId(r) for r in job.rungs_tried},
+            stage,
+            kind,
             job.allow_output_changes,
             options=job.options,
             params=job.params,
         )
         if rung is None:
-            last = f"the last rung ({after.value})" if after else "every rung"
-            return self._give_up(job, diagnosis, f"it ran out of memory even at {last}")
-        stage = failed.report.stage
+            return self._give_up(job, diagnosis, _nothing_left(job, stage, kind))
         options, params, change = apply_rung(
             job.options, job.params, rung, cause=oom_cause(stage, self.device)
         )
@@ -227,6 +236,30 @@ class MemoryRecovery:
             rung = RungId(job.rungs_tried[-1])
             self.strategies.remember(self.key(job), rung)
             log.info("learned: %s starts at %s next time", job.model, rung.value)
+
+
+def load_facts(
+    weights: ModelWeights | None, options: PipelineOptions, cap: int | None, baseline: int | None
+) -> dict[str, object]:
+    """The numbers behind an out-of-memory while loading on a CPU under a cap, for the message:
+    what loading needs (preflight.load_peak) and what the cap leaves above the worker's own
+    address space. Empty when any of them is unknown."""
+    if weights is None or cap is None or baseline is None or options.device != "cpu":
+        return {}
+    return {
+        "load_required": format_bytes(load_peak(weights, options)),
+        "available": format_bytes(max(0, cap - baseline)),
+        "memory_limit": format_bytes(cap),
+    }
+
+
+def _nothing_left(job: Job, stage: Stage, kind: DeviceKind) -> str:
+    cause = oom_cause(stage, "cuda" if kind is DeviceKind.CUDA else "cpu")
+    if stage is Stage.LOAD and kind is DeviceKind.CPU:
+        return f"{cause}, and on a CPU no rung lowers what loading the weights needs"
+    if job.rungs_tried:
+        return f"{cause} even at the last rung that could help ({job.rungs_tried[-1]})"
+    return f"{cause} and no rung of the ladder lowers that stage's memory"
 
 
 def _bound(

@@ -50,16 +50,17 @@ def ladder_markdown() -> str:
     with (CONFIG_DIR / "recovery.toml").open("rb") as f:
         rungs = tomllib.load(f)["rungs"]
     rows = [
-        "| # | rung | devices | changes the video | what it does |",
-        "|---|---|---|---|---|",
+        "| # | rung | devices | tried after an OOM at | changes the video | what it does |",
+        "|---|---|---|---|---|---|",
     ]
     for i, rung in enumerate(rungs, 1):
         changes = {**rung.get("options", {}), **rung.get("params", {})}
         what = ", ".join(f"`{k} = {v}`" for k, v in changes.items()) or "retry"
+        stages = ", ".join(rung.get("stages", ["any stage"]))
         rows.append(
             f"| {i} | `{rung['id']}` — {_cell(rung['description'])} | "
-            f"{', '.join(rung['devices'])} | {'yes' if rung['changes_output'] else 'no'} | "
-            f"{what} |"
+            f"{', '.join(rung['devices'])} | {stages} | "
+            f"{'yes' if rung['changes_output'] else 'no'} | {what} |"
         )
     return "\n".join(rows)
 

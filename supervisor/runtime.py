@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,18 @@ from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
 from supervisor.child_spec import ChildSpec, RestartType
 from supervisor.diagnosis import Diagnosis, diagnose
-from supervisor.errors import CategorizationContext, ErrorCode, ErrorReport, default_categorizer
+from supervisor.errors import (
+    Categorization,
+    CategorizationContext,
+    ErrorCode,
+    ErrorReport,
+    Stage,
+    default_categorizer,
+)
 from supervisor.exceptions import ActorNotRunning, GenvisorError
 from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
-from supervisor.memory_recovery import MemoryRecovery
+from supervisor.memory_recovery import MemoryRecovery, load_facts
 from supervisor.model_repair_plan import plan_model_repair
 from supervisor.recovery_plan import RecoveryStep
 from supervisor.settings import CONFIG_DIR, Settings
@@ -122,7 +129,7 @@ class Runtime:
             generator=lambda: self.supervisor.child("generator"),
             output_dir=self.output_dir,
             crash_retries=settings.job_crash_retries,
-            diagnose=diagnose,
+            diagnose=self._diagnose,
             memory=self.memory,
         )
         specs = child_specs if child_specs is not None else self.default_child_specs()
@@ -182,6 +189,25 @@ class Runtime:
         monitor = self.supervisor.child("vram_monitor")
         if monitor is not None and monitor.running:
             monitor.tell_nowait(WorkerChanged(ready.pid))
+
+    def _diagnose(
+        self,
+        report: ErrorReport,
+        *,
+        applied: Sequence[str] = (),
+        facts: dict[str, object] | None = None,
+        verdict: Categorization | None = None,
+    ) -> Diagnosis:
+        """`diagnose` with the numbers only this process knows: for a load on a CPU under a
+        cap, what the model needs and what the cap leaves."""
+        known = dict(facts or {})
+        model = report.context.get("model")
+        if report.stage is Stage.LOAD and isinstance(model, str):
+            ready = self.worker_ready
+            baseline = ready.baseline_address_space_bytes if ready is not None else None
+            weights = self._weights.get(model)
+            known.update(load_facts(weights, self.base_options(), self.memory_cap, baseline))
+        return diagnose(report, applied=applied, facts=known, verdict=verdict)
 
     def _model_resolved(self, model: str, path: Path) -> None:
         if model not in self._weights:

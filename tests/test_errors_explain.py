@@ -75,6 +75,44 @@ def test_applied_actions_are_reported_not_suggested() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("device", "stage", "shown", "hidden"),
+    [
+        ("cuda:0", Stage.DECODE, ["VAE tiling", "CPU offload", "other programs"], ["a lot of RAM"]),
+        ("cuda:0", Stage.LOAD, ["CPU offload"], ["VAE tiling", "fewer frames", "resolution"]),
+        ("cpu", Stage.DECODE, ["VAE tiling", "a lot of RAM"], ["GPU"]),
+        ("cpu", Stage.LOAD, ["a lot of RAM", "smaller model"], ["GPU", "VAE tiling", "frames"]),
+    ],
+)
+def test_suggestions_fit_the_device_and_the_stage_that_failed(
+    device: str, stage: Stage, shown: list[str], hidden: list[str]
+) -> None:
+    report = ErrorReport(
+        exc_type="MemoryError", message="", stage=stage, device=device, job_id="j1"
+    )
+    verdict = default_categorizer().categorize(report)
+    user = explain(report, verdict.__class__.of(ErrorCode.VRAM_EXHAUSTED, "test"))
+    text = " ".join(user.suggestions)
+    for words in shown:
+        assert words.lower() in text.lower(), (words, user.suggestions)
+    for words in hidden:
+        assert words.lower() not in text.lower(), (words, user.suggestions)
+
+
+def test_a_load_on_a_cpu_says_what_it_needs_and_what_the_cap_leaves() -> None:
+    report = ErrorReport(
+        exc_type="MemoryError", stage=Stage.LOAD, device="cpu", context={"model": "wan"}
+    )
+    facts = {"load_required": "934.9 MiB", "available": "638.4 MiB", "memory_limit": "1.5 GiB"}
+    user = explain(report, facts=facts)
+    assert user.code is ErrorCode.VRAM_EXHAUSTED
+    assert user.message == (
+        "Loading wan needs about 934.9 MiB of memory, but the memory limit (1.5 GiB) leaves "
+        "638.4 MiB for it on cpu."
+    )
+    assert "now 1.5 GiB" in user.suggestions[0]
+
+
 def test_html_escapes_every_user_and_error_string() -> None:
     report = ErrorReport(
         exc_type="OSError",

@@ -206,3 +206,32 @@ def test_accelerator_error_uses_its_wording_and_defaults_to_a_poisoned_context()
 def test_summary_is_json_serializable() -> None:
     verdict = default_categorizer().categorize(ErrorReport(exc_type="", message="HeaderTooLarge"))
     assert json.loads(json.dumps(verdict.as_summary()))["code"] == "MODEL.CORRUPTED"
+
+
+def _load_like_diffusers() -> None:
+    """The shape diffusers' `load_state_dict` gives a failed read: it re-reads the file as text
+    while handling the first error, and raises a corrupted-file wording from there."""
+    try:
+        try:
+            bytearray(10**18)
+        except MemoryError:
+            b"\xff".decode("utf-8")
+    except UnicodeDecodeError:
+        raise OSError(  # noqa: B904 - diffusers raises without `from`, as here
+            "Unable to load weights from checkpoint file for 'x.safetensors' at 'x'. "
+        )
+
+
+def test_an_error_raised_while_handling_an_out_of_memory_is_memory() -> None:
+    with pytest.raises(OSError, match="Unable to load weights") as info:
+        _load_like_diffusers()
+    report = captured(info.value, stage=Stage.LOAD, device="cpu")
+    assert report.cause_types == ("UnicodeDecodeError", "MemoryError")
+    verdict = default_categorizer().categorize(report)
+    assert verdict.code is ErrorCode.VRAM_EXHAUSTED  # the CPU pipeline's memory ran out
+    assert verdict.rule.startswith("cause:MemoryError")
+    gpu = default_categorizer().categorize(report.model_copy(update={"device": "cuda:0"}))
+    assert gpu.code is ErrorCode.SYSTEM_HOST_MEMORY
+    # The same words without the out-of-memory underneath stay a model-file problem.
+    alone = report.model_copy(update={"cause_types": ()})
+    assert default_categorizer().categorize(alone).category is Category.MODEL_LOADING

@@ -207,6 +207,10 @@ def test_queue_full_429_and_halted_503(tmp_path: Path, tiny_model: Path) -> None
         refused = httpx.post(f"{srv.url}/v1/jobs", json=SMALL)
         assert refused.status_code == 503
         assert "halted" in refused.json()["title"]
+        # It says why: the transition that halted it (restart intensity), with its code.
+        assert refused.json()["code"] == "WORKER.CRASHED"
+        assert refused.json()["message"].startswith("The supervisor halted: ")
+        assert "resets it" in refused.json()["message"]
         assert httpx.get(f"{srv.url}/v1/state").status_code == 200
         assert httpx.get(f"{srv.url}/v1/jobs").status_code == 200
         assert httpx.get(f"{srv.url}/readyz").status_code == 503

@@ -68,40 +68,71 @@ def _walk(recovery: MemoryRecovery, job: Job, stage: Stage = Stage.DENOISE) -> l
     return rungs
 
 
+CUDA_WEIGHT_RUNGS = ["layerwise_fp8", "model_offload", "group_offload", "sequential_offload"]
+
+
 @pytest.mark.parametrize(
-    ("device", "allow", "expected"),
+    ("device", "allow", "stage", "expected"),
     [
-        ("cpu", True, ["vae_tiling", "layerwise_fp8", "fewer_frames", "lower_resolution"]),
-        ("cpu", False, ["vae_tiling", "layerwise_fp8"]),
         (
-            "cuda",
-            False,
-            [
-                "free_caches",
-                "vae_tiling",
-                "layerwise_fp8",
-                "model_offload",
-                "group_offload",
-                "sequential_offload",
-            ],
+            "cpu",
+            True,
+            Stage.DENOISE,
+            ["layerwise_fp8", "fewer_frames", "lower_resolution", "fewer_steps"],
         ),
+        ("cpu", True, Stage.DECODE, ["vae_tiling", "layerwise_fp8", "fewer_frames"]),
+        ("cpu", False, Stage.DENOISE, ["layerwise_fp8"]),
+        ("cpu", False, Stage.DECODE, ["vae_tiling", "layerwise_fp8"]),
+        # On a CPU the checkpoint is read whole whatever the options: nothing to try at load.
+        ("cpu", True, Stage.LOAD, []),
+        ("cuda", False, Stage.DENOISE, ["free_caches", *CUDA_WEIGHT_RUNGS]),
+        ("cuda", False, Stage.DECODE, ["free_caches", "vae_tiling", *CUDA_WEIGHT_RUNGS]),
+        ("cuda", True, Stage.LOAD, ["free_caches", *CUDA_WEIGHT_RUNGS]),
     ],
 )
-def test_ladder_walk_per_device_and_opt_out(
-    tmp_path: Path, device: str, allow: bool, expected: list[str]
+def test_ladder_walk_per_device_stage_and_opt_out(
+    tmp_path: Path, device: str, allow: bool, stage: Stage, expected: list[str]
 ) -> None:
     job = _job(device, allow)
-    rungs = _walk(_recovery(tmp_path, device, max_attempts=20), job)
+    rungs = _walk(_recovery(tmp_path, device, max_attempts=20), job, stage)
     assert rungs[: len(expected)] == expected
-    if not allow:
+    if not allow or stage is Stage.LOAD:
         assert rungs == expected  # output-changing rungs never run for an opted-out job
         assert (job.params.width, job.params.num_frames) == (1280, 81)
+
+
+def test_a_rung_skipped_for_one_stage_is_tried_when_another_fails(tmp_path: Path) -> None:
+    recovery, job = _recovery(tmp_path), _job()
+    assert _walk_once(recovery, job, Stage.DENOISE) == "layerwise_fp8"
+    assert _walk_once(recovery, job, Stage.DENOISE) == "fewer_frames"
+    # Denoising fits now, the decode does not: tiling, skipped above, is next.
+    assert _walk_once(recovery, job, Stage.DECODE) == "vae_tiling"
+    assert _walk_once(recovery, job, Stage.DECODE) == "lower_resolution"
+
+
+def test_out_of_memory_at_load_on_a_cpu_gives_up_at_once_and_says_why(tmp_path: Path) -> None:
+    step = _recovery(tmp_path).plan(_job(), OOM, _failed(Stage.LOAD))
+    assert step is not None
+    assert step.give_up
+    assert "memory ran out at model loading" in step.description
+    assert "no rung lowers what loading the weights needs" in step.description
+
+
+def _walk_once(recovery: MemoryRecovery, job: Job, stage: Stage) -> str:
+    step = recovery.plan(job, OOM, _failed(stage))
+    assert step is not None
+    assert not step.give_up
+    assert step.change is not None
+    step.apply(job)
+    job.changes.append(step.change)
+    job.attempts += 1
+    return str(step.change["rung"])
 
 
 def test_bounded_by_max_attempts(tmp_path: Path) -> None:
     job = _job()
     rungs = _walk(_recovery(tmp_path, max_attempts=2), job)
-    assert rungs == ["vae_tiling", "layerwise_fp8"]
+    assert rungs == ["layerwise_fp8", "fewer_frames"]
     final = _recovery(tmp_path, max_attempts=2).plan(job, OOM, _failed(Stage.DENOISE))
     assert final is not None
     assert final.give_up

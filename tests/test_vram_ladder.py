@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from actors.vram.ladder import (
@@ -17,6 +19,7 @@ from actors.vram.ladder import (
 )
 from actors.worker.protocol import GenerationParams, Offload, PipelineOptions
 from supervisor.errors.report import Stage
+from supervisor.exceptions import ConfigError
 
 LADDER = load_ladder()
 
@@ -120,3 +123,18 @@ def test_apply_up_to_is_cumulative_and_respects_opt_out() -> None:
     assert options.layerwise_fp8
     assert new_params.num_frames == 17
     assert [c.rung for c in changes] == [RungId.VAE_TILING, RungId.LAYERWISE_FP8]
+
+
+@pytest.mark.parametrize(
+    ("stages", "key"), [('["save"]', "rungs.vae_tiling.stages"), ('["later"]', "recovery ladder")]
+)
+def test_rung_stages_are_checked(tmp_path: Path, stages: str, key: str) -> None:
+    path = tmp_path / "recovery.toml"
+    path.write_text(
+        f'[[rungs]]\nid = "vae_tiling"\ndescription = "tiles"\ndevices = ["cpu"]\n'
+        f"changes_output = false\nstages = {stages}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_ladder(path)
+    assert info.value.key == key
+    assert "decode" in str(info.value) or "later" in str(info.value)

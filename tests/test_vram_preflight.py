@@ -155,3 +155,28 @@ def test_learned_start_is_applied_first(model_dir: Path) -> None:
     assert plan.rung is RungId.VAE_TILING
     assert plan.options.vae_tiling
     assert "it worked before" in plan.changes[0].text
+
+
+def test_a_cpu_load_that_can_not_fit_is_refused_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "heavy"
+    (root / "transformer").mkdir(parents=True)
+    save_file(
+        {"blocks.0.ffn.weight": np.zeros((1024, 1024), np.float32)},  # 4 MiB stored
+        str(root / "transformer" / "diffusion_pytorch_model.safetensors"),
+    )
+    weights = summarize_weights(root)
+    fn = functools.partial(estimate_peak, PROFILE, weights)
+    params = GenerationParams(prompt="x", width=32, height=32, num_frames=5, steps=2)
+    est = fn(PipelineOptions(), params)
+    # The checkpoint read whole next to the model it fills: twice the weights, in any dtype.
+    assert est.load == 2 * 4 * MiB + est.overhead
+    assert fn(PipelineOptions(dtype=Dtype.BFLOAT16), params).load == 6 * MiB + est.overhead
+    assert est.needed_stage is Stage.LOAD
+    assert est.needed == est.load > est.peak
+    budget = (est.peak + est.load) // 2
+    refusal = choose_rung(fn, budget, 0, LADDER, PreflightJob(PipelineOptions(), params))
+    assert isinstance(refusal, Refusal)
+    assert refusal.tried == (None,)  # no rung walked: none lowers a load on a CPU
+    assert "as asked, peaking at load" in refusal.message
+    # On CUDA the weights are read in host memory: the device sees no load term.
+    assert fn(PipelineOptions(device="cuda"), params).load == 0

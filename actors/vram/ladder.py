@@ -3,7 +3,9 @@
 Pure functions over immutable data. Rungs are cumulative: options set by an earlier rung stay
 set, so "the rung a job runs at" means that rung plus every earlier one that applied.
 `next_rung` skips rungs for another device, output-changing rungs when the job opted out, and
-rungs that would change nothing (tiling already on, one frame left, ...).
+rungs that would change nothing (tiling already on, one frame left, ...). After a real
+out-of-memory, `rung_for_failure` also skips rungs that do not lower the memory of the stage that
+failed (tiling does nothing for a load; fewer frames nothing for loading the weights).
 
 Invariants of the output-changing rungs: frame counts stay 4k+1 (Wan's VAE compresses time by
 4 after the first frame), sizes stay multiples of 16 with the aspect ratio kept as closely as
@@ -13,7 +15,7 @@ that allows, and every such rung strictly reduces its quantity (or does not appl
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "load_ladder",
     "next_rung",
     "oom_cause",
+    "rung_for_failure",
 ]
 
 DEFAULT_LADDER_PATH = CONFIG_DIR / "recovery.toml"
@@ -79,11 +82,16 @@ class _ParamChanges(BaseModel):
     steps_factor: float | None = Field(default=None, gt=0, lt=1)
 
 
+# The stages whose memory a rung can lower; a failure elsewhere (worker, unknown) tries any rung.
+MEMORY_STAGES = (Stage.LOAD, Stage.ENCODE, Stage.DENOISE, Stage.DECODE)
+
+
 class _RungConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: RungId
     description: str = Field(min_length=1)
     devices: list[DeviceKind] = Field(min_length=1)
+    stages: list[Stage] = Field(default=list(MEMORY_STAGES), min_length=1)
     changes_output: bool
     options: _OptionChanges = _OptionChanges()
     params: _ParamChanges = _ParamChanges()
@@ -101,6 +109,7 @@ class Rung:
     devices: frozenset[DeviceKind]
     changes_output: bool
     options: dict[str, Any] = field(default_factory=dict)
+    stages: frozenset[Stage] = frozenset(MEMORY_STAGES)
     frames_factor: float | None = None
     resolution_scale: float | None = None
     steps_factor: float | None = None
@@ -124,6 +133,10 @@ def load_ladder(path: Path = DEFAULT_LADDER_PATH) -> Ladder:
     ids = [r.id for r in config.rungs]
     if len(set(ids)) != len(ids):
         raise ConfigError(key="recovery ladder", value=str(path), allowed="unique rung ids")
+    for r in config.rungs:
+        if not set(r.stages) <= set(MEMORY_STAGES):
+            allowed = ", ".join(s.value for s in MEMORY_STAGES)
+            raise ConfigError(key=f"rungs.{r.id.value}.stages", value=r.stages, allowed=allowed)
     return tuple(
         Rung(
             id=r.id,
@@ -131,6 +144,7 @@ def load_ladder(path: Path = DEFAULT_LADDER_PATH) -> Ladder:
             devices=frozenset(r.devices),
             changes_output=r.changes_output,
             options=r.options.model_dump(exclude_none=True),
+            stages=frozenset(r.stages),
             frames_factor=r.params.frames_factor,
             resolution_scale=r.params.resolution_scale,
             steps_factor=r.params.steps_factor,
@@ -264,6 +278,42 @@ def next_rung(
         ids = [r.id for r in ladder]
         start = ids.index(after) + 1 if after in ids else len(ladder)
     for rung in ladder[start:]:
+        if applies(rung, device_kind, allow_output_changes, options, params):
+            return rung
+    return None
+
+
+def helps_at(rung: Rung, stage: Stage, kind: DeviceKind) -> bool:
+    """Whether `rung` can lower the memory of `stage` on this kind of device."""
+    if stage not in MEMORY_STAGES:
+        return True
+    # Invariant: on a CPU a load peaks at the checkpoint read whole, at its stored dtype, next to
+    # the model it fills (measured: a 490 MB float32 transformer adds 1.1 GB of address space
+    # while loading, in float32 and bfloat16 alike). No pipeline option lowers that, so no rung
+    # applies to an out-of-memory at load on a CPU: retrying would fail the same way.
+    if stage is Stage.LOAD and kind is DeviceKind.CPU:
+        return False
+    return stage in rung.stages
+
+
+def rung_for_failure(
+    ladder: Sequence[Rung],
+    tried: Collection[RungId],
+    stage: Stage,
+    device_kind: DeviceKind,
+    allow_output_changes: bool,
+    *,
+    options: PipelineOptions,
+    params: GenerationParams,
+) -> Rung | None:
+    """After a real out-of-memory at `stage`: the first rung, in ladder order, not tried yet that
+    applies here and lowers that stage's memory; None when nothing is left.
+
+    From the top, not from the last rung tried: a rung skipped for one stage (tiling after a
+    denoise failure) is still there when a later attempt fails at another (decode)."""
+    for rung in ladder:
+        if rung.id in tried or not helps_at(rung, stage, device_kind):
+            continue
         if applies(rung, device_kind, allow_output_changes, options, params):
             return rung
     return None

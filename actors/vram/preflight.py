@@ -15,6 +15,14 @@ overhead). Activation terms, per model (config/memory_profiles.toml):
   per output pixel per dtype byte for the full VAE (base dim 96). VAE tiling caps the pixels
   to one tile (diffusers' Wan VAE: 256 x 256 samples per tile).
 - the decoded video itself: 3 x frames x height x width float32 values, `output_copies` times.
+- loading, on a CPU only: every component at the dtype in use plus the largest component's
+  checkpoint as stored (diffusers reads a safetensors file whole into a state dict, then fills
+  the model from it). Measured here: a 490 MB float32 transformer added 1.1 GB of address space
+  while loading, in float32 and in bfloat16 alike; this term says 0.98 GB. On CUDA the weights
+  are read in host memory and the device holds what the other stages count.
+
+`peak` is the run's peak (denoise or decode), the figure calibration fits; `needed` also counts
+the load, which happens only when the worker (re)loads the pipeline.
 
 `choose_rung` walks the ladder cumulatively from the job's starting point (a learned rung, or
 the top) and returns the first plan predicted to fit ``free - reserve``, or a `Refusal` that
@@ -56,6 +64,7 @@ __all__ = [
     "estimate_peak",
     "format_bytes",
     "load_memory_profiles",
+    "load_peak",
     "with_scales",
 ]
 
@@ -114,6 +123,16 @@ class Estimate:
     # Unscaled activation terms, the features calibration fits against measured peaks.
     denoise_feature: int
     decode_feature: int
+    # Loading the pipeline (CPU only, 0 elsewhere): weights plus one checkpoint read whole.
+    load: int = 0
+
+    @property
+    def needed(self) -> int:
+        return max(self.peak, self.load)
+
+    @property
+    def needed_stage(self) -> Stage:
+        return Stage.LOAD if self.load > self.peak else self.peak_stage
 
     def as_dict(self) -> dict[str, JsonValue]:
         return {
@@ -124,6 +143,7 @@ class Estimate:
             "output_bytes": self.output,
             "overhead_bytes": self.overhead,
             "by_stage": {s.value: b for s, b in self.by_stage.items()},
+            "load_bytes": self.load,
         }
 
 
@@ -143,6 +163,16 @@ def _resident(
             full = math.ceil(comp.largest_tensor_params * size)
         total += full
     return total
+
+
+def load_peak(weights: ModelWeights, options: PipelineOptions) -> int:
+    """Bytes a CPU load adds: every component at the dtype in use, plus the largest component's
+    checkpoint as stored (read whole before the model is filled from it). Layerwise fp8 and the
+    dtype do not lower it: casting happens after the read."""
+    size = DTYPE_BYTES[options.dtype]
+    resident = sum(c.bytes_in(size) for c in weights.components.values())
+    largest = max((c.stored_bytes for c in weights.components.values()), default=0)
+    return resident + largest
 
 
 def estimate_peak(
@@ -190,6 +220,7 @@ def estimate_peak(
         by_stage=by_stage,
         denoise_feature=denoise_feature,
         decode_feature=decode_feature,
+        load=load_peak(weights, options) + overhead if options.device == "cpu" else 0,
     )
 
 
@@ -234,7 +265,7 @@ class Refusal:
         at = f"even at the last rung ({self.last_rung.value})" if self.last_rung else "as asked"
         return (
             f"needs ~{format_bytes(self.needed)} {at}, peaking at "
-            f"{self.estimate.peak_stage.value}; {format_bytes(self.free)} free minus a "
+            f"{self.estimate.needed_stage.value}; {format_bytes(self.free)} free minus a "
             f"{format_bytes(self.reserve)} reserve leaves {format_bytes(self.available)}"
         )
 
@@ -244,8 +275,8 @@ EstimateFn = Callable[[PipelineOptions, GenerationParams], Estimate]
 
 def _preflight_cause(estimate: Estimate, budget: int) -> str:
     return (
-        f"pre-flight predicted ~{format_bytes(estimate.peak)} at "
-        f"{estimate.peak_stage.value} with {format_bytes(budget)} available"
+        f"pre-flight predicted ~{format_bytes(estimate.needed)} at "
+        f"{estimate.needed_stage.value} with {format_bytes(budget)} available"
     )
 
 
@@ -280,8 +311,12 @@ def choose_rung(
     while True:
         estimate = estimate_fn(options, params)
         tried.append(rung_id)
-        if estimate.peak <= budget:
+        if estimate.needed <= budget:
             return Plan(rung_id, options, params, estimate, budget, changes)
+        if estimate.load > budget:
+            # No rung lowers a CPU load (ladder.helps_at): walking them would change the job
+            # for nothing and refuse anyway.
+            return Refusal(estimate.needed, free_bytes, reserve, rung_id, estimate, tuple(tried))
         rung = next_rung(
             ladder, rung_id, kind, job.allow_output_changes, options=options, params=params
         )
@@ -291,7 +326,7 @@ def choose_rung(
                 ladder, rung.id, kind, job.allow_output_changes, options=options, params=params
             )
         if rung is None:
-            return Refusal(estimate.peak, free_bytes, reserve, rung_id, estimate, tuple(tried))
+            return Refusal(estimate.needed, free_bytes, reserve, rung_id, estimate, tuple(tried))
         options, params, change = apply_rung(
             options, params, rung, cause=_preflight_cause(estimate, budget)
         )

@@ -28,11 +28,23 @@ from diffusers import (
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-__all__ = ["TINY_WAN_NAME", "TinyWanBuild", "build_tiny_wan", "directory_digest", "is_complete"]
+__all__ = [
+    "DEFAULT_FFN_DIM",
+    "FFN_BYTES_PER_UNIT",
+    "TINY_WAN_NAME",
+    "TinyWanBuild",
+    "build_tiny_wan",
+    "directory_digest",
+    "is_complete",
+]
 
 TINY_WAN_NAME = "tiny-wan"
 DEFAULT_SEED = 0
 TEXT_DIM = 32
+DEFAULT_FFN_DIM = 32
+# Bytes of float32 weights per unit of the transformer's feed-forward width: two layers, each
+# with an in and an out projection of inner dim 24 (2 heads x 12), plus the in-projection bias.
+FFN_BYTES_PER_UNIT = 2 * (24 * 2 + 1) * 4
 # Files whose presence means a finished build (written last by save_pretrained, then renamed).
 _REQUIRED = (
     "model_index.json",
@@ -99,7 +111,7 @@ def _vae() -> Any:
     ).eval()
 
 
-def _transformer() -> Any:
+def _transformer(ffn_dim: int) -> Any:
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
@@ -108,7 +120,7 @@ def _transformer() -> Any:
         out_channels=16,
         text_dim=TEXT_DIM,
         freq_dim=256,
-        ffn_dim=32,
+        ffn_dim=ffn_dim,
         num_layers=2,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
@@ -116,16 +128,18 @@ def _transformer() -> Any:
     ).eval()
 
 
-def make_pipeline(seed: int = DEFAULT_SEED) -> Any:
+def make_pipeline(seed: int = DEFAULT_SEED, ffn_dim: int = DEFAULT_FFN_DIM) -> Any:
     # diffusers is only partly typed: its objects are handled as Any here.
-    """The tiny pipeline in memory, float32 on the CPU."""
+    """The tiny pipeline in memory, float32 on the CPU. A wide `ffn_dim` makes the same
+    architecture heavy (1,250,000: ~490 MB of weights) without making a job slow: the number of
+    tokens stays tiny, so only loading pays for the size."""
     tokenizer = _tokenizer()
     torch.manual_seed(seed)
     text_encoder = _text_encoder(len(tokenizer))
     torch.manual_seed(seed)
     vae = _vae()
     torch.manual_seed(seed)
-    transformer = _transformer()
+    transformer = _transformer(ffn_dim)
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
@@ -151,7 +165,13 @@ def directory_digest(path: Path) -> str:
     return total.hexdigest()
 
 
-def build_tiny_wan(out: Path, *, seed: int = DEFAULT_SEED, overwrite: bool = False) -> TinyWanBuild:
+def build_tiny_wan(
+    out: Path,
+    *,
+    seed: int = DEFAULT_SEED,
+    overwrite: bool = False,
+    ffn_dim: int = DEFAULT_FFN_DIM,
+) -> TinyWanBuild:
     """Build into a temporary sibling directory and rename it into place, so `out` is either
     absent or complete — a crashed build never leaves a half model that looks loadable."""
     out = out.resolve()
@@ -160,7 +180,7 @@ def build_tiny_wan(out: Path, *, seed: int = DEFAULT_SEED, overwrite: bool = Fal
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        pipe = make_pipeline(seed)
+        pipe = make_pipeline(seed, ffn_dim)
         pipe.save_pretrained(staging, safe_serialization=True)
         staging.chmod(0o755)  # mkdtemp creates 0700; the store is a normal directory
         if out.exists():

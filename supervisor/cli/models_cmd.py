@@ -38,19 +38,43 @@ def _register_make_tiny(actions: ActionParsers) -> None:
     p.add_argument("--out", type=Path, help="target directory (default: <home>/models/tiny-wan)")
     p.add_argument("--if-missing", action="store_true", help="do nothing when a build exists")
     p.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same files)")
+    p.add_argument(
+        "--weights-mb",
+        type=_positive_int,
+        help="widen the transformer to about this many MB of weights (jobs stay fast; loading "
+        "pays): for reproducing out-of-memory at load under a memory cap",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run_make_tiny)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of MB, got {text!r}")
+    return value
 
 
 def _run_make_tiny(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else None
     out: Path = args.out or tiny_model_dir(load_settings(config).home)
     # Imported here: the builder needs torch, the rest of the CLI must not load it.
-    from actors.worker.tiny_wan import build_tiny_wan, is_complete
+    from actors.worker.tiny_wan import (
+        DEFAULT_FFN_DIM,
+        FFN_BYTES_PER_UNIT,
+        build_tiny_wan,
+        is_complete,
+    )
 
+    ffn_dim = DEFAULT_FFN_DIM
+    if args.weights_mb is not None:
+        ffn_dim = max(DEFAULT_FFN_DIM, args.weights_mb * 1_000_000 // FFN_BYTES_PER_UNIT)
     existed = is_complete(out)
     started = time.perf_counter()
-    build = build_tiny_wan(out, seed=args.seed, overwrite=not args.if_missing)
+    build = build_tiny_wan(out, seed=args.seed, overwrite=not args.if_missing, ffn_dim=ffn_dim)
     result = {
         "path": str(build.path),
         "size_bytes": build.size_bytes,

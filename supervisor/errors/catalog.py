@@ -11,11 +11,12 @@ import tomllib
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from supervisor.errors.categories import ErrorCode
+from supervisor.errors.report import Stage
 from supervisor.exceptions import ConfigError
 from supervisor.settings import config_path
 
@@ -41,6 +42,16 @@ class Suggestion(BaseModel):
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     text: Template
+    # Shown only for failures on these kinds of device / at these stages (None: always).
+    devices: list[Literal["cuda", "cpu"]] | None = None
+    stages: list[Stage] | None = None
+
+    def fits(self, device: str | None, stage: Stage) -> bool:
+        if self.devices is not None and device is not None:
+            kind = "cuda" if device.startswith("cuda") else "cpu"
+            if kind not in self.devices:
+                return False
+        return self.stages is None or stage in self.stages
 
 
 class CatalogEntry(BaseModel):

@@ -68,7 +68,20 @@ class Categorizer:
         result = self._by_type(report, lowered)
         if result is None:
             result = self._by_text(report, lowered)
+        result = self._memory_underneath(result, report)
         return self._refine(result, report, ctx)
+
+    def _memory_underneath(self, result: Categorization, report: ErrorReport) -> Categorization:
+        """An error raised while handling an out-of-memory is its consequence: diffusers'
+        `load_state_dict` answers any failure by re-reading the file as text, and reports "Unable
+        to load weights" (a corrupted-file wording) when memory ran out first."""
+        if result.code in _MEMORY_CODES:
+            return result
+        for name in report.cause_types:
+            rule = self._types.lookup(name)
+            if rule is not None and rule.code in _MEMORY_CODES:
+                return Categorization.of(rule.code, f"cause:{name}")
+        return result
 
     def _by_type(self, report: ErrorReport, lowered: str) -> Categorization | None:
         if not report.exc_type:
@@ -113,6 +126,11 @@ class Categorizer:
                 ErrorCode.VRAM_EXHAUSTED, result.rule + "+cpu-pipeline", Severity.HIGH
             )
         return result
+
+
+_MEMORY_CODES = frozenset(
+    {ErrorCode.VRAM_EXHAUSTED, ErrorCode.VRAM_FRAGMENTED, ErrorCode.SYSTEM_HOST_MEMORY}
+)
 
 
 def _patterns_path() -> Path:

@@ -61,6 +61,9 @@ class ErrorReport(BaseModel):
     device: str | None = None
     job_id: str | None = None
     traceback: str = ""
+    # Classes of the exceptions this one was raised from or while handling (`__cause__`, else
+    # `__context__`), nearest first: a wrapper can hide the failure that really happened.
+    cause_types: tuple[str, ...] = ()
     # Extra facts the raising side knows (signal number, exit code, file path, model name).
     context: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     ts: float = Field(default_factory=time.time)
@@ -97,6 +100,7 @@ class ErrorReport(BaseModel):
             device=device,
             job_id=job_id,
             traceback=tb[-MAX_TRACEBACK_CHARS:],
+            cause_types=_cause_types(exc),
             context=merged,
         )
 
@@ -114,6 +118,20 @@ class ErrorReport(BaseModel):
         if "." in name:
             return name in names
         return any(n == name or n.endswith("." + name) for n in names)
+
+
+_MAX_CAUSES = 8
+
+
+def _cause_types(exc: BaseException) -> tuple[str, ...]:
+    names: list[str] = []
+    seen = {id(exc)}
+    link = exc.__cause__ or exc.__context__
+    while link is not None and id(link) not in seen and len(names) < _MAX_CAUSES:
+        seen.add(id(link))
+        names.append(qualified_name(type(link)))
+        link = link.__cause__ or link.__context__
+    return tuple(names)
 
 
 def _http_status(exc: BaseException) -> int | None:

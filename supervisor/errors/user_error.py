@@ -94,7 +94,11 @@ def explain(
     values = _template_values(report, verdict, facts or {})
     entry = book.entry(verdict.code)
     done = set(applied)
-    suggestions = [render(s.text, values) for s in entry.suggestions if s.id not in done]
+    suggestions = [
+        render(s.text, values)
+        for s in entry.suggestions
+        if s.id not in done and s.fits(report.device, report.stage)
+    ]
     return UserError(
         code=verdict.code,
         category=verdict.category,

@@ -1,0 +1,83 @@
+"""Out-of-memory while loading a model, for real: tiny-wan widened to ~490 MB of weights
+(`make-tiny --weights-mb`) under a memory cap that leaves less than its load needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actors.worker.protocol import GenerationParams
+from actors.worker.tiny_wan import FFN_BYTES_PER_UNIT, build_tiny_wan
+from supervisor.jobs import Job, new_job_id
+from supervisor.state_machine import State
+from supervisor.supervisor_messages import Reset
+from tests.runtime_harness import make_home, running_runtime
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+HEAVY = "tiny-wan-heavy"
+# Measured here: the worker starts in ~0.9 GiB of address space and loading ~490 MB of float32
+# weights adds ~1.1 GiB; tiny-wan (293 KB) loads and runs under the same cap.
+CAP = "1536MiB"
+REGISTRY = f"""
+[models."{HEAVY}"]
+description = "tiny-wan with ~490 MB of weights"
+source = "local"
+local_path = "models/{HEAVY}"
+pipeline_class = "WanPipeline"
+defaults = {{ width = 32, height = 32, num_frames = 5, steps = 2, guidance_scale = 1.0, fps = 8 }}
+limits = {{ max_width = 256, max_height = 256, max_frames = 33, max_steps = 100 }}
+memory = {{ weights_bytes = 490000000, activation_base_bytes = 67108864, activation_bytes_per_latent_token = 4096.0 }}
+"""  # noqa: E501
+
+
+def _job(model: str) -> Job:
+    params = GenerationParams(prompt="a lighthouse", width=32, height=32, num_frames=5, steps=2)
+    return Job(id=new_job_id(), model=model, params=params)
+
+
+async def test_out_of_memory_at_load_fails_clearly_without_walking_the_ladder(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    home = make_home(tmp_path, tiny_model)
+    build = build_tiny_wan(home / "models" / HEAVY, ffn_dim=490_000_000 // FFN_BYTES_PER_UNIT)
+    assert build.size_bytes > 480_000_000
+    registry = tmp_path / "models.toml"
+    registry.write_text(REGISTRY)
+    async with running_runtime(home, device_memory_limit=CAP, models_file=registry) as (
+        runtime,
+        log,
+    ):
+        await runtime.supervisor.wait_settled()
+        job = runtime.submit(_job(HEAVY))
+        failed = await log.wait_job(job.id, "job.failed", "job.succeeded", limit=120)
+        assert failed.type.value == "job.failed", failed.to_json()
+        error = failed.data.error  # type: ignore[attr-defined]
+        assert error["code"] == "VRAM.EXHAUSTED"
+        # A real allocation failure inside diffusers' loader, not a prediction.
+        assert error["technical"]["stage"] == "load"
+        assert (
+            error["technical"]["type"] == "MemoryError"
+            or "MemoryError" in (error["technical"]["traceback"])
+        )
+        assert error["message"].startswith(f"Loading {HEAVY} needs about ")
+        assert "memory limit (1.5 GiB)" in error["message"]
+        assert any("device_memory_limit" in s for s in error["suggestions"])
+        assert not any("GPU" in s or "tiling" in s for s in error["suggestions"])
+        # No rung lowers a load on a CPU: nothing was re-run.
+        assert [e for e in log.of_type("job.retrying")] == []
+        await log.wait_for(lambda: "halted" in log.states(), "categorizing -> halted")
+        last = runtime.supervisor.machine.history[-1]
+        assert last.to_state is State.HALTED
+        assert "no rung lowers what loading the weights needs" in last.reason
+
+        # Reset: a fresh worker under the same cap still runs the small model.
+        assert await runtime.supervisor.ask(Reset(), State, timeout=10.0) in (
+            State.STARTING,
+            State.READY,
+        )
+        await runtime.supervisor.wait_settled()
+        small = runtime.submit(_job("tiny-wan"))
+        done = await log.wait_job(small.id, "job.succeeded", "job.failed", limit=120)
+        assert done.type.value == "job.succeeded", done.to_json()
