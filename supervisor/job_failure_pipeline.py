@@ -64,7 +64,9 @@ class JobFailurePipeline:
         report = outcome.failed.report
         applied = tuple(c["action"] for c in job.changes if c.get("action"))
         diagnosis = self.jobs.diagnose(report, applied=applied, facts=self._facts())
-        reason = f"job {job.id} failed at {report.stage.value}: {report.message[:200]}"
+        # A MemoryError carries no message: its class is then the most telling word.
+        detail = report.message[:200] or report.exc_type
+        reason = f"job {job.id} failed at {report.stage.value}: {detail}"
         if self.state not in (State.READY, State.DEGRADED, State.RECOVERING):
             self.jobs.fail(job, diagnosis)
             return

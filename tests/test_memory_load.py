@@ -68,6 +68,10 @@ async def test_out_of_memory_at_load_fails_clearly_without_walking_the_ladder(
         # No rung lowers a load on a CPU: nothing was re-run.
         assert [e for e in log.of_type("job.retrying")] == []
         await log.wait_for(lambda: "halted" in log.states(), "categorizing -> halted")
+        failure = next(r for r in runtime.supervisor.machine.history if r.to_state is State.FAILED)
+        # MemoryError has no message: the reason names the class rather than end in ": ".
+        assert "failed at load: " in failure.reason
+        assert not failure.reason.endswith(": ")
         last = runtime.supervisor.machine.history[-1]
         assert last.to_state is State.HALTED
         assert "no rung lowers what loading the weights needs" in last.reason
