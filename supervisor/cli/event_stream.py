@@ -88,7 +88,9 @@ class EventFollower:
                     reason=f"the event stream was refused with HTTP "
                     f"{exc.response.status_code}; check GENVISOR_API_TOKEN",
                 ) from None
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
+            # ConnectionClosed: reset during the handshake, by a server dying or still starting
+            # (seen: a kill -9 then a restart on the same port, the first try reset).
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
                 if time.monotonic() + delay > deadline:
                     raise ServerUnavailable(
                         url=server_url(self.args), reason=type(exc).__name__
