@@ -60,6 +60,7 @@ class Worker:
         self._lock = threading.Lock()
         self._current: JobRun | None = None
         self._cancelled_early: set[str] = set()
+        self._load_failed = False
         self._process = psutil.Process()
 
     # --- heartbeat thread ---------------------------------------------------------------
@@ -132,9 +133,14 @@ class Worker:
                 self._finish(Failed(job_id=job_id, report=report))
 
     def _load(self, msg: Load) -> None:
+        self._load_failed = False
         try:
             result = self.host.ensure(Path(msg.model_path), msg.options)
         except Exception as exc:
+            # Invariant: the control side pipelines Load then Generate; it has this failure as
+            # the job's, so the Generate that follows is dropped, not answered with a second
+            # failure that could land on the job's next attempt (same job id).
+            self._load_failed = True
             report = ErrorReport.from_exception(
                 exc, stage=Stage.LOAD, device=msg.options.device, context={"model": msg.model_name}
             )
@@ -160,6 +166,11 @@ class Worker:
                 request=msg, host=self.host, emit=self.channel.send, model_name=self.model_name
             )
             self._current = run
+        if self._load_failed:
+            self._load_failed = False
+            with self._lock:
+                self._current = None
+            return
         try:
             if self.host.model_path is None:
                 raise RuntimeError("no model loaded: send Load before Generate")

@@ -101,7 +101,10 @@ class PipelineHost:
         )
 
     def _unload(self) -> None:
+        # Invariant: model_path names the loaded pipeline or nothing; a failed load must not
+        # leave the previous model's path for the next ensure() to load instead.
         self.pipe = None
+        self.model_path = None
         self.options = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
