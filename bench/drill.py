@@ -33,17 +33,13 @@ from drill_io_faults import (  # noqa: E402
     output_read_only,
     stalled_websocket,
 )
-from drill_memory_faults import (  # noqa: E402
-    heavy_models_toml,
-    oom_at_decode,
-    oom_at_denoise,
-    oom_at_load,
-)
+from drill_memory_faults import oom_at_decode, oom_at_denoise, oom_at_load  # noqa: E402
 from drill_model_faults import REPO_ID, file_faults, hub_down, hub_flaky_pull, models_toml  # noqa: E402
 from drill_process_faults import server_kill, worker_hang, worker_kills  # noqa: E402
 from drill_report import FaultResult, print_table, run_fault, summary_line  # noqa: E402
 
 from tests.hub_server import HubRepo, HubServer  # noqa: E402
+from tests.registry_entries import local_tiny_entry  # noqa: E402
 
 # The worker starts in ~0.9 GiB of address space; loading the heavy model (~490 MB of float32
 # weights) needs ~1.1 GiB more (measured), tiny-wan almost nothing.
@@ -119,7 +115,9 @@ def run(root: Path) -> list[FaultResult]:
                         str(load_home / "models" / HEAVY_MODEL), "--weights-mb", HEAVY_WEIGHTS_MB],
                        check=True, capture_output=True)  # fmt: skip
         heavy_file = root / "heavy-models.toml"
-        heavy_file.write_text(heavy_models_toml(HEAVY_MODEL))
+        heavy_file.write_text(local_tiny_entry(
+            HEAVY_MODEL, "tiny-wan widened to ~490 MB of weights: loading it needs ~1 GB",
+            weights_bytes=490_000_000))  # fmt: skip
         load = Server("load", load_home, {"GENVISOR_DEVICE_MEMORY_LIMIT": LOAD_CAP,
                                           "GENVISOR_MODELS_FILE": str(heavy_file)})  # fmt: skip
         servers.append(load)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,8 +21,9 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from tests.server_process import GENVISOR, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-GENVISOR = str(Path(sys.executable).with_name("genvisor"))
 TERMINAL = ("job.succeeded", "job.failed", "job.cancelled")
 SMALL = {"prompt": "a paper boat on a pond", "width": 32, "height": 32, "frames": 5, "steps": 2}
 # Minutes of denoising: always killed, stopped or cancelled long before it could finish.
@@ -34,13 +34,6 @@ Event = dict[str, Any]
 
 class DrillError(Exception):
     """A step of the drill did not see what it waited for."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def say(message: str) -> None:

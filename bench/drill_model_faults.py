@@ -13,6 +13,7 @@ from drill_env import SMALL, DrillError, Server, cli
 from drill_report import FaultResult
 
 from tests.hub_server import Fault, FaultKind, HubServer
+from tests.registry_entries import hub_tiny_entry
 
 __all__ = ["HUB_MODEL", "REPO_ID", "file_faults", "hub_down", "hub_flaky_pull", "models_toml"]
 
@@ -22,17 +23,7 @@ HUB_JOB = {**SMALL, "model": HUB_MODEL}
 
 
 def models_toml() -> str:
-    return f"""
-[models."{HUB_MODEL}"]
-description = "tiny-wan, served by the drill's loopback Hub"
-source = "hub"
-repo_id = "{REPO_ID}"
-revision = "main"
-pipeline_class = "WanPipeline"
-defaults = {{ width = 32, height = 32, num_frames = 5, steps = 2, guidance_scale = 1.0, fps = 8 }}
-limits = {{ max_width = 256, max_height = 256, max_frames = 33, max_steps = 1000 }}
-memory = {{ weights_bytes = 300000, activation_base_bytes = 67108864, activation_bytes_per_latent_token = 4096.0 }}
-"""  # noqa: E501
+    return hub_tiny_entry(HUB_MODEL, REPO_ID, "tiny-wan, served by the drill's loopback Hub")
 
 
 def _model(srv: Server) -> dict[str, Any]:

@@ -175,18 +175,17 @@ class MemoryRecovery:
         if recoveries >= self.max_attempts:
             return self._give_up(job, diagnosis, f"{recoveries} recovery attempts used")
         stage = failed.report.stage
-        kind = device_kind(self.device)
         rung = rung_for_failure(
             self.ladder,
             {RungId(r) for r in job.rungs_tried},
             stage,
-            kind,
+            device_kind(self.device),
             job.allow_output_changes,
             options=job.options,
             params=job.params,
         )
         if rung is None:
-            return self._give_up(job, diagnosis, _nothing_left(job, stage, kind))
+            return self._give_up(job, diagnosis, _nothing_left(job, stage, self.device))
         options, params, change = apply_rung(
             job.options, job.params, rung, cause=oom_cause(stage, self.device)
         )
@@ -253,9 +252,9 @@ def load_facts(
     }
 
 
-def _nothing_left(job: Job, stage: Stage, kind: DeviceKind) -> str:
-    cause = oom_cause(stage, "cuda" if kind is DeviceKind.CUDA else "cpu")
-    if stage is Stage.LOAD and kind is DeviceKind.CPU:
+def _nothing_left(job: Job, stage: Stage, device: str) -> str:
+    cause = oom_cause(stage, device)
+    if stage is Stage.LOAD and device_kind(device) is DeviceKind.CPU:
         return f"{cause}, and on a CPU no rung lowers what loading the weights needs"
     if job.rungs_tried:
         return f"{cause} even at the last rung that could help ({job.rungs_tried[-1]})"

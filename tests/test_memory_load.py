@@ -12,6 +12,7 @@ from actors.worker.tiny_wan import FFN_BYTES_PER_UNIT, build_tiny_wan
 from supervisor.jobs import Job, new_job_id
 from supervisor.state_machine import State
 from supervisor.supervisor_messages import Reset
+from tests.registry_entries import local_tiny_entry
 from tests.runtime_harness import make_home, running_runtime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -20,16 +21,7 @@ HEAVY = "tiny-wan-heavy"
 # Measured here: the worker starts in ~0.9 GiB of address space and loading ~490 MB of float32
 # weights adds ~1.1 GiB; tiny-wan (293 KB) loads and runs under the same cap.
 CAP = "1536MiB"
-REGISTRY = f"""
-[models."{HEAVY}"]
-description = "tiny-wan with ~490 MB of weights"
-source = "local"
-local_path = "models/{HEAVY}"
-pipeline_class = "WanPipeline"
-defaults = {{ width = 32, height = 32, num_frames = 5, steps = 2, guidance_scale = 1.0, fps = 8 }}
-limits = {{ max_width = 256, max_height = 256, max_frames = 33, max_steps = 100 }}
-memory = {{ weights_bytes = 490000000, activation_base_bytes = 67108864, activation_bytes_per_latent_token = 4096.0 }}
-"""  # noqa: E501
+REGISTRY = local_tiny_entry(HEAVY, "tiny-wan with ~490 MB of weights", weights_bytes=490_000_000)
 
 
 def _job(model: str) -> Job:
@@ -66,7 +58,7 @@ async def test_out_of_memory_at_load_fails_clearly_without_walking_the_ladder(
         assert any("device_memory_limit" in s for s in error["suggestions"])
         assert not any("GPU" in s or "tiling" in s for s in error["suggestions"])
         # No rung lowers a load on a CPU: nothing was re-run.
-        assert [e for e in log.of_type("job.retrying")] == []
+        assert log.of_type("job.retrying") == []
         await log.wait_for(lambda: "halted" in log.states(), "categorizing -> halted")
         failure = next(r for r in runtime.supervisor.machine.history if r.to_state is State.FAILED)
         # MemoryError has no message: the reason names the class rather than end in ": ".

@@ -9,6 +9,7 @@ import pytest
 
 from actors.worker.protocol import GenerationParams
 from supervisor.jobs import Job, JobStatus, new_job_id
+from tests.registry_entries import local_tiny_entry
 from tests.runtime_harness import EventLog, make_home, running_runtime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -71,16 +72,7 @@ async def test_missing_model_runs_on_its_fallback_and_degrades(
     home = make_home(tmp_path, tiny_model)
     user_models = tmp_path / "models.toml"
     user_models.write_text(
-        """
-[models."tiny-wan-large"]
-source = "local"
-local_path = "models/tiny-wan-large"
-pipeline_class = "WanPipeline"
-fallback = "tiny-wan"
-defaults = { width = 32, height = 32, num_frames = 5, steps = 2, guidance_scale = 1.0, fps = 8 }
-limits = { max_width = 512, max_height = 512, max_frames = 33, max_steps = 50 }
-memory = { weights_bytes = 1, activation_base_bytes = 1, activation_bytes_per_latent_token = 1.0 }
-"""
+        local_tiny_entry("tiny-wan-large", "not built: runs on its fallback", fallback="tiny-wan")
     )
     async with running_runtime(home, models_file=user_models) as (runtime, log):
         await runtime.supervisor.wait_settled()

@@ -150,6 +150,30 @@ async def test_cheap_option_change_does_not_reload_and_cpu_offload_is_refused(
 
 
 @pytest.mark.anyio
+async def test_a_generate_behind_a_failed_load_is_dropped_not_run_on_the_old_model(
+    worker: WorkerHandle, tmp_path: Path, tiny_model: Path
+) -> None:
+    out = tmp_path / "out"
+    # The control side pipelines Load then Generate; this Load fails (no such folder).
+    await worker.send(Load(model_path=str(tmp_path / "missing"), model_name="missing"))
+    await worker.send(Generate(job_id="job-a", params=SMALL, output_dir=str(out)))
+    failed = (await until_terminal(worker))[-1]
+    assert isinstance(failed, Failed)
+    assert failed.job_id is None
+    assert failed.report.stage == "load"
+    # The next attempt loads again; the first frame that ends it is its own, nothing stale
+    # from job-a (no second failure, and no run on tiny-wan, still in memory before the Load).
+    await worker.send(Load(model_path=str(tiny_model), model_name="tiny-wan"))
+    await worker.send(Generate(job_id="job-a", params=SMALL, output_dir=str(out)))
+    loaded = await until_terminal(worker)
+    assert isinstance(loaded[-1], Loaded), loaded
+    done = await until_terminal(worker)
+    assert isinstance(done[-1], Done), done
+    assert done[-1].job_id == "job-a"
+    assert not [m for m in loaded + done if isinstance(m, Failed)]
+
+
+@pytest.mark.anyio
 async def test_cancel_mid_denoise_stops_at_next_step_and_leaves_no_file(
     worker: WorkerHandle, tmp_path: Path
 ) -> None:

@@ -158,6 +158,10 @@ class Worker:
 
     def _generate(self, msg: Generate) -> None:
         with self._lock:
+            if self._load_failed:  # see _load: the job's failure is already reported
+                self._load_failed = False
+                self._cancelled_early.discard(msg.job_id)
+                return
             if msg.job_id in self._cancelled_early:
                 self._cancelled_early.discard(msg.job_id)
                 self._send_or_exit(Cancelled(job_id=msg.job_id))
@@ -166,11 +170,6 @@ class Worker:
                 request=msg, host=self.host, emit=self.channel.send, model_name=self.model_name
             )
             self._current = run
-        if self._load_failed:
-            self._load_failed = False
-            with self._lock:
-                self._current = None
-            return
         try:
             if self.host.model_path is None:
                 raise RuntimeError("no model loaded: send Load before Generate")

@@ -46,10 +46,10 @@ class Suggestion(BaseModel):
     devices: list[Literal["cuda", "cpu"]] | None = None
     stages: list[Stage] | None = None
 
-    def fits(self, device: str | None, stage: Stage) -> bool:
-        if self.devices is not None and device is not None:
-            kind = "cuda" if device.startswith("cuda") else "cpu"
-            if kind not in self.devices:
+    def fits(self, device_kind: str | None, stage: Stage) -> bool:
+        """`device_kind` as CategorizationContext reads it from a report ("cuda", "cpu")."""
+        if self.devices is not None and device_kind is not None:
+            if device_kind not in self.devices:
                 return False
         return self.stages is None or stage in self.stages
 

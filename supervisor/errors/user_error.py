@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor.errors.catalog import MAX_SUGGESTIONS, MessageCatalog, default_catalog, render
-from supervisor.errors.categories import Categorization, Category, ErrorCode, Severity
+from supervisor.errors.categories import (
+    Categorization,
+    CategorizationContext,
+    Category,
+    ErrorCode,
+    Severity,
+)
 from supervisor.errors.categorizer import default_categorizer
 from supervisor.errors.report import ErrorReport, Stage
 from supervisor.errors.traceback_text import extract_facts, format_bytes
@@ -94,10 +100,11 @@ def explain(
     values = _template_values(report, verdict, facts or {})
     entry = book.entry(verdict.code)
     done = set(applied)
+    kind = CategorizationContext.from_report(report).device_kind
     suggestions = [
         render(s.text, values)
         for s in entry.suggestions
-        if s.id not in done and s.fits(report.device, report.stage)
+        if s.id not in done and s.fits(kind, report.stage)
     ]
     return UserError(
         code=verdict.code,
