@@ -26,23 +26,14 @@ from actors.vram.ladder import (
     rung_for_failure,
 )
 from actors.vram.learned_strategies import LearnedStrategies, StrategyKey
-from actors.vram.preflight import (
-    Estimate,
-    Plan,
-    PreflightJob,
-    Refusal,
-    choose_rung,
-    format_bytes,
-    load_peak,
-)
-from actors.vram.weights_header import ModelWeights
+from actors.vram.preflight import Estimate, Plan, PreflightJob, Refusal, choose_rung
 from actors.worker.protocol import Failed, GenerationParams, PipelineOptions
 from supervisor.diagnosis import Diagnosis
 from supervisor.errors import ErrorCode, Stage
 from supervisor.jobs import Job
 from supervisor.recovery_plan import RecoveryStep
 
-__all__ = ["MEMORY_CODES", "RUNG_ACTIONS", "MemoryRecovery", "PreflightRefused", "load_facts"]
+__all__ = ["MEMORY_CODES", "RUNG_ACTIONS", "MemoryRecovery", "PreflightRefused"]
 
 log = logging.getLogger("genvisor.memory")
 
@@ -235,21 +226,6 @@ class MemoryRecovery:
             rung = RungId(job.rungs_tried[-1])
             self.strategies.remember(self.key(job), rung)
             log.info("learned: %s starts at %s next time", job.model, rung.value)
-
-
-def load_facts(
-    weights: ModelWeights | None, options: PipelineOptions, cap: int | None, baseline: int | None
-) -> dict[str, object]:
-    """The numbers behind an out-of-memory while loading on a CPU under a cap, for the message:
-    what loading needs (preflight.load_peak) and what the cap leaves above the worker's own
-    address space. Empty when any of them is unknown."""
-    if weights is None or cap is None or baseline is None or options.device != "cpu":
-        return {}
-    return {
-        "load_required": format_bytes(load_peak(weights, options)),
-        "available": format_bytes(max(0, cap - baseline)),
-        "memory_limit": format_bytes(cap),
-    }
 
 
 def _nothing_left(job: Job, stage: Stage, device: str) -> str:

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,15 +23,13 @@ from actors.generator import Generator, ModelChoice
 from actors.model_loader import LoadFailed, ModelLoader, Operation, ResolvedModel, ResolveModel
 from actors.models.model_errors import ModelUnavailable
 from actors.models.registry import load_registry
-from actors.vram.calibration import CalibrationStore, PeakSample
+from actors.vram.calibration import CalibrationStore
 from actors.vram.ladder import load_ladder
 from actors.vram.learned_strategies import LearnedStrategies
-from actors.vram.preflight import Estimate, estimate_peak, load_memory_profiles
 from actors.vram.pressure import PressureThresholds
-from actors.vram.weights_header import ModelWeights, summarize_weights
 from actors.vram_monitor import VramMonitor, WorkerChanged
 from actors.worker.memory_cap import parse_size
-from actors.worker.protocol import Failed, GenerationParams, PipelineOptions, Ready
+from actors.worker.protocol import Failed, PipelineOptions, Ready
 from actors.worker.spawn import WorkerLaunch
 from supervisor import __version__
 from supervisor.bus import EventBus, Journal
@@ -44,13 +41,13 @@ from supervisor.errors import (
     CategorizationContext,
     ErrorCode,
     ErrorReport,
-    Stage,
     default_categorizer,
 )
-from supervisor.exceptions import ActorNotRunning, GenvisorError
+from supervisor.exceptions import ActorNotRunning
 from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
-from supervisor.memory_recovery import MemoryRecovery, load_facts
+from supervisor.memory_accounting import MemoryAccounting
+from supervisor.memory_recovery import MemoryRecovery
 from supervisor.model_repair_plan import plan_model_repair
 from supervisor.recovery_plan import RecoveryStep
 from supervisor.settings import CONFIG_DIR, Settings
@@ -99,26 +96,26 @@ class Runtime:
         )
         self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
         self.registry = load_registry(CONFIG_DIR, [settings.models_file])
-        self.worker_ready: Ready | None = None
-        self.last_vram_sample: ev.VramSample | None = None
-        self._sampled_at = self._worker_started = 0.0
-        self._weights: dict[str, ModelWeights] = {}
-        self._profiles = load_memory_profiles()
         self.strategies = LearnedStrategies(settings.home / "vram.sqlite3")
-        self.calibration = CalibrationStore(settings.home / "vram.sqlite3")
         if settings.clear_learned_strategies:
             self.strategies.clear()
+        cap = parse_size(settings.device_memory_limit) if settings.device_memory_limit else None
+        self.accounting = MemoryAccounting(
+            device=self.device,
+            cap=cap,
+            calibration=CalibrationStore(settings.home / "vram.sqlite3"),
+        )
         self.memory = MemoryRecovery(
             load_ladder(),
             self.strategies,
             device=self.device,
             device_name="cpu" if self.device == "cpu" else self.device,
             max_attempts=settings.max_recovery_attempts,
-            memory_key=self._memory_key,
-            budget=self._memory_budget,
-            estimate=self._estimate,
+            memory_key=self.accounting.key,
+            budget=self.accounting.budget,
+            estimate=self.accounting.estimate,
             reserve=int(settings.memory_reserve),
-            calibrate=self._calibrate,
+            calibrate=self.accounting.calibrate,
         )
         self.output_dir = settings.home / "outputs"
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -184,11 +181,18 @@ class Runtime:
         return self.memory.plan(job, diagnosis, failed) or plan_model_repair(job, diagnosis, failed)
 
     def _worker_changed(self, ready: Ready) -> None:
-        self.worker_ready = ready
-        self._worker_started = time.monotonic()
+        self.accounting.worker_changed(ready)
         monitor = self.supervisor.child("vram_monitor")
         if monitor is not None and monitor.running:
             monitor.tell_nowait(WorkerChanged(ready.pid))
+
+    @property
+    def worker_ready(self) -> Ready | None:
+        return self.accounting.worker_ready
+
+    @property
+    def calibration(self) -> CalibrationStore:
+        return self.accounting.calibration
 
     def _diagnose(
         self,
@@ -198,82 +202,10 @@ class Runtime:
         facts: dict[str, object] | None = None,
         verdict: Categorization | None = None,
     ) -> Diagnosis:
-        """`diagnose` with the numbers only this process knows: for a load on a CPU under a
-        cap, what the model needs and what the cap leaves."""
-        known = dict(facts or {})
-        model = report.context.get("model")
-        if report.stage is Stage.LOAD and isinstance(model, str):
-            ready = self.worker_ready
-            baseline = ready.baseline_address_space_bytes if ready is not None else None
-            weights = self._weights.get(model)
-            known.update(load_facts(weights, self.base_options(), self.memory_cap, baseline))
+        """`diagnose` with the numbers only this process knows (what a load on a CPU needs
+        and what the cap leaves)."""
+        known = {**(facts or {}), **self.accounting.load_facts(report, self.base_options())}
         return diagnose(report, applied=applied, facts=known, verdict=verdict)
-
-    def _model_resolved(self, model: str, path: Path) -> None:
-        if model not in self._weights:
-            try:
-                self._weights[model] = summarize_weights(path)
-            except GenvisorError as exc:
-                log.warning("no pre-flight for %s: %s", model, exc)
-
-    # -- memory: budget and estimate for pre-flight ---------------------------------------------
-
-    @property
-    def memory_cap(self) -> int | None:
-        limit = self.settings.device_memory_limit
-        return parse_size(limit) if limit else None
-
-    def _memory_key(self) -> tuple[int | None, int]:
-        sample = self.last_vram_sample
-        return self.memory_cap, sample.total if sample is not None else 0
-
-    def _memory_budget(self, job: Job) -> int | None:
-        """What the job's pipeline may use, weights included.
-
-        Under a CPU cap: the cap less the worker's address space when it became ready. Not the
-        live address space: a process keeps freed heap mapped and reuses it, so after one job
-        `cap - VmSize` reads far lower than what the next job can really use (seen here: 239
-        MiB "free" where the same job then ran). Otherwise the device's free memory plus what
-        the worker already holds, from a sample of the current worker (None before one).
-        """
-        ready = self.worker_ready
-        if self.memory_cap is not None and self.device == "cpu":
-            if ready is None or ready.baseline_address_space_bytes is None:
-                return None
-            return self.memory_cap - ready.baseline_address_space_bytes
-        sample = self.last_vram_sample
-        if sample is None or ready is None or self._sampled_at <= self._worker_started:
-            return None
-        budget = sample.free + (sample.process_used or 0)
-        return min(budget, self.memory_cap) if self.memory_cap is not None else budget
-
-    def _estimate(
-        self, job: Job, options: PipelineOptions, params: GenerationParams
-    ) -> Estimate | None:
-        return self._estimate_with(job, options, params, calibrated=True)
-
-    def _estimate_with(
-        self, job: Job, options: PipelineOptions, params: GenerationParams, *, calibrated: bool
-    ) -> Estimate | None:
-        weights = self._weights.get(job.model)
-        profile = self._profiles.get(job.model.lower())
-        if weights is None or profile is None:
-            return None
-        if calibrated:
-            profile = self.calibration.calibrated(profile, job.model, self.device)
-        return estimate_peak(profile, weights, options, params)
-
-    def _calibrate(
-        self, job: Job, options: PipelineOptions, params: GenerationParams, growth: int
-    ) -> None:
-        """Record one measured peak against the seed (unscaled) estimate of the same run."""
-        seed = self._estimate_with(job, options, params, calibrated=False)
-        if seed is None:
-            return
-        # The growth is what the job added on top of a loaded pipeline: weights and overhead
-        # were already resident, so they are added back to compare like with like.
-        measured = growth + seed.weights + seed.overhead
-        self.calibration.record(job.model, self.device, PeakSample.from_estimate(seed, measured))
 
     def base_options(self) -> PipelineOptions:
         """The options a job starts with before pre-flight or recovery change anything."""
@@ -296,8 +228,7 @@ class Runtime:
         if isinstance(data, ev.JobProgress):
             self.jobs.progress(data.job_id, data.stage.value, data.step)
         elif isinstance(data, ev.VramSample):
-            self.last_vram_sample = data
-            self._sampled_at = time.monotonic()
+            self.accounting.sampled(data)
         return self.bus.publish(data)
 
     @property
@@ -321,7 +252,7 @@ class Runtime:
             report=self.supervisor.tell_nowait,
             resolve_model=self.resolve_model,
             on_worker=self._worker_changed,
-            on_resolved=self._model_resolved,
+            on_resolved=self.accounting.model_resolved,
             stall_timeout=self.settings.stall_timeout,
             cancel_grace=self.settings.cancel_grace,
         )
@@ -331,7 +262,7 @@ class Runtime:
         return VramMonitor(
             publish=self._publish,
             device=s.device,
-            cap=parse_size(s.device_memory_limit) if s.device_memory_limit else None,
+            cap=self.accounting.cap,
             expect_gpu=s.expect_gpu,
             interval=s.vram_sample_interval,
             thresholds=PressureThresholds(s.pressure_warning, s.pressure_critical),
