@@ -12,24 +12,18 @@ import fnmatch
 import json
 import sys
 
+from supervisor.cli.argument_types import whole_number
 from supervisor.cli.event_stream import EventFollower
 from supervisor.cli.server_client import add_url_argument
 
 __all__ = ["register", "run"]
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("events", help="tail the running server's events as JSON lines")
     p.add_argument(
         "--since",
-        type=_non_negative,
+        type=whole_number(0),
         default=None,
         help="replay the journal from after this seq (0: everything kept); default: only new",
     )
@@ -40,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="PATTERN",
         help="only events whose type matches (fnmatch, e.g. 'job.*'); may be repeated",
     )
-    p.add_argument("--limit", type=_non_negative, help="stop after printing this many events")
+    p.add_argument("--limit", type=whole_number(0), help="stop after printing this many events")
     add_url_argument(p)
     p.set_defaults(func=run)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
+from supervisor.cli.argument_types import whole_number
 from supervisor.cli.models_store_cmds import add_store_commands
 from supervisor.settings import load_settings
 
@@ -40,22 +41,12 @@ def _register_make_tiny(actions: ActionParsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same files)")
     p.add_argument(
         "--weights-mb",
-        type=_positive_int,
+        type=whole_number(1, unit="MB"),
         help="widen the transformer to about this many MB of weights (jobs stay fast; loading "
         "pays): for reproducing out-of-memory at load under a memory cap",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run_make_tiny)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number of MB, got {text!r}")
-    return value
 
 
 def _run_make_tiny(args: argparse.Namespace) -> int:
