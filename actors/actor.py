@@ -20,8 +20,8 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor.exceptions import ActorCrashed, ActorNotRunning, AskTimeout, MailboxFull
-from supervisor.structured_logging import current_actor
+from supervisor.core.exceptions import ActorCrashed, ActorNotRunning, AskTimeout, MailboxFull
+from supervisor.core.structured_logging import current_actor
 
 __all__ = ["Actor", "ActorStatus"]
 

@@ -40,9 +40,9 @@ from actors.worker.protocol import (
 )
 from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
 from supervisor.bus import events as ev
+from supervisor.core.exceptions import WorkerCrashed, WorkerHung
+from supervisor.core.structured_logging import current_job_id
 from supervisor.errors.report import ErrorReport, Stage
-from supervisor.exceptions import WorkerCrashed, WorkerHung
-from supervisor.structured_logging import current_job_id
 
 __all__ = ["CancelJob", "Generator", "JobOutcome", "ModelChoice", "RunJob"]
 

@@ -35,8 +35,8 @@ from supervisor.bus.events import (
     ModelStatus,
     ModelVerified,
 )
+from supervisor.core.settings import CONFIG_DIR, Settings, load_settings
 from supervisor.errors.categories import ErrorCode
-from supervisor.settings import CONFIG_DIR, Settings, load_settings
 
 __all__ = [
     "ListModels",

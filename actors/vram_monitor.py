@@ -22,7 +22,7 @@ from actors.actor import Actor
 from actors.vram.memory_sources import MemoryReading, MemorySource, select_source
 from actors.vram.pressure import PressureThresholds, PressureTracker
 from supervisor.bus.events import EventData
-from supervisor.exceptions import ActorNotRunning
+from supervisor.core.exceptions import ActorNotRunning
 
 __all__ = ["CurrentMemory", "VramMonitor", "WorkerChanged"]
 

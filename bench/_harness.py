@@ -32,8 +32,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from supervisor.bus import Event, EventBus  # noqa: E402
+from supervisor.core.settings import load_settings  # noqa: E402
 from supervisor.runtime import Runtime  # noqa: E402
-from supervisor.settings import load_settings  # noqa: E402
 
 MODEL = "tiny-wan"
 _STARTED = time.perf_counter()

@@ -41,7 +41,8 @@ from _harness import (
 
 from actors.worker.generation import JobRun, run_generation
 from actors.worker.pipeline_host import PipelineHost
-from actors.worker.protocol import Done, Generate, GenerationParams, PipelineOptions
+from actors.worker.protocol import Done, Generate
+from supervisor.core.params import GenerationParams, PipelineOptions
 from supervisor.jobs import Job, new_job_id
 
 WIDTH, HEIGHT, FRAMES, STEPS = 32, 32, 5, 2

@@ -24,8 +24,8 @@ from a third, *probe* runtime: its pipeline is loaded by a 32x32 job, then it ru
 job (the calibration sample) and the second request's own params and options (the target),
 never an out-of-memory attempt. ``estimate_error_pct`` = (estimate_peak for those params and
 options - measured) / measured. Address space (what the cap limits) is sampled every 5 ms
-beside it. Calibration: `actors.vram.calibration.fit_scales` on the one sample, then the target
-is estimated again with the fitted scales (the target is not part of the fit).
+beside it. Calibration: `supervisor.recovery.calibration.fit_scales` on the one sample, then
+the target is estimated again with the fitted scales (the target is not part of the fit).
 
 Prints progress on stderr and one JSON object on its last stdout line.
 """
@@ -57,17 +57,17 @@ from _harness import (
     worker_pid,
 )
 
-from actors.vram.calibration import PeakSample, fit_scales
-from actors.vram.preflight import (
+from supervisor.core.params import GenerationParams, PipelineOptions
+from supervisor.jobs import Job, new_job_id
+from supervisor.recovery.calibration import PeakSample, fit_scales
+from supervisor.recovery.preflight import (
     Estimate,
     MemoryProfile,
     estimate_peak,
     load_memory_profiles,
     with_scales,
 )
-from actors.vram.weights_header import ModelWeights, summarize_weights
-from actors.worker.protocol import GenerationParams, PipelineOptions
-from supervisor.jobs import Job, new_job_id
+from supervisor.recovery.weights_header import ModelWeights, summarize_weights
 from supervisor.runtime import Runtime
 
 CAP = "2GiB"

@@ -1,7 +1,7 @@
 """The genvisor runtime: settings, event bus, journal and the supervisor with its children.
 
 This is the composition root. A host FastAPI app embeds it through `lifespan` and `router`
-(see `supervisor.app`); `genvisor serve` is the same runtime standing alone.
+(see `supervisor.api.app`); `genvisor serve` is the same runtime standing alone.
 """
 
 from __future__ import annotations
@@ -23,19 +23,17 @@ from actors.generator import Generator, ModelChoice
 from actors.model_loader import LoadFailed, ModelLoader, Operation, ResolvedModel, ResolveModel
 from actors.models.model_errors import ModelUnavailable
 from actors.models.registry import load_registry
-from actors.vram.calibration import CalibrationStore
-from actors.vram.ladder import load_ladder
-from actors.vram.learned_strategies import LearnedStrategies
 from actors.vram.pressure import PressureThresholds
 from actors.vram_monitor import VramMonitor, WorkerChanged
 from actors.worker.memory_cap import parse_size
-from actors.worker.protocol import Failed, PipelineOptions, Ready
+from actors.worker.protocol import Failed, Ready
 from actors.worker.spawn import WorkerLaunch
 from supervisor import __version__
 from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
-from supervisor.child_spec import ChildSpec, RestartType
-from supervisor.diagnosis import Diagnosis, diagnose
+from supervisor.core.exceptions import ActorNotRunning
+from supervisor.core.params import PipelineOptions
+from supervisor.core.settings import CONFIG_DIR, Settings
 from supervisor.errors import (
     Categorization,
     CategorizationContext,
@@ -43,16 +41,19 @@ from supervisor.errors import (
     ErrorReport,
     default_categorizer,
 )
-from supervisor.exceptions import ActorNotRunning
-from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job, JobStore
-from supervisor.memory_accounting import MemoryAccounting
-from supervisor.memory_recovery import MemoryRecovery
-from supervisor.model_repair_plan import plan_model_repair
-from supervisor.recovery_plan import RecoveryStep
-from supervisor.settings import CONFIG_DIR, Settings
-from supervisor.supervision import Supervisor
-from supervisor.supervisor_messages import Degrade, JobSubmitted
+from supervisor.recovery.calibration import CalibrationStore
+from supervisor.recovery.diagnosis import Diagnosis, diagnose
+from supervisor.recovery.ladder import load_ladder
+from supervisor.recovery.learned_strategies import LearnedStrategies
+from supervisor.recovery.memory import MemoryRecovery
+from supervisor.recovery.memory_accounting import MemoryAccounting
+from supervisor.recovery.model_repair import plan_model_repair
+from supervisor.recovery.planner import RecoveryStep
+from supervisor.supervision.child_spec import ChildSpec, RestartType
+from supervisor.supervision.job_flow import JobFlow
+from supervisor.supervision.messages import Degrade, JobSubmitted
+from supervisor.supervision.supervisor import Supervisor
 
 __all__ = ["Runtime"]
 

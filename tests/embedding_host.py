@@ -18,10 +18,10 @@ import anyio
 import uvicorn
 from fastapi import FastAPI
 
-from supervisor.app import compose_lifespans
-from supervisor.http_api import build_router
+from supervisor.api.app import compose_lifespans
+from supervisor.api.http_api import build_router
+from supervisor.core.settings import load_settings
 from supervisor.runtime import Runtime
-from supervisor.settings import load_settings
 
 
 def build_host_app(marker: Path) -> FastAPI:

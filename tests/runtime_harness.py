@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 
 from supervisor.bus import Event, EventBus
+from supervisor.core.settings import load_settings
 from supervisor.runtime import Runtime
-from supervisor.settings import load_settings
 
 
 class EventLog:

@@ -19,7 +19,7 @@ from supervisor.bus import (
     Journal,
     Subscription,
 )
-from supervisor.exceptions import BusClosed
+from supervisor.core.exceptions import BusClosed
 
 
 def _progress(step: int) -> JobProgress:

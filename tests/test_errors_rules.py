@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.core.exceptions import ConfigError
 from supervisor.errors import (
     CODE_SPECS,
     Categorizer,
@@ -22,7 +23,6 @@ from supervisor.errors import (
     format_bytes,
 )
 from supervisor.errors.pattern_rules import load_pattern_rules
-from supervisor.exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

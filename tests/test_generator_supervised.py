@@ -10,7 +10,7 @@ import av
 import pytest
 
 from actors.generator import Generator
-from actors.worker.protocol import GenerationParams
+from supervisor.core.params import GenerationParams
 from supervisor.jobs import Job, JobStatus, new_job_id
 from supervisor.runtime import Runtime
 from tests.runtime_harness import EventLog, make_home, running_runtime
@@ -123,7 +123,7 @@ async def test_silent_worker_is_killed_as_hung_and_replaced(
 async def test_cancel_mid_denoise_stops_and_leaves_no_output(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    from supervisor.supervisor_messages import CancelRequest
+    from supervisor.supervision.messages import CancelRequest
 
     async with running_runtime(make_home(tmp_path, tiny_model)) as (runtime, log):
         await runtime.supervisor.wait_settled()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.worker.protocol import GenerationParams
 from actors.worker.tiny_wan import FFN_BYTES_PER_UNIT, build_tiny_wan
+from supervisor.core.params import GenerationParams
 from supervisor.jobs import Job, new_job_id
-from supervisor.state_machine import State
-from supervisor.supervisor_messages import Reset
+from supervisor.supervision.messages import Reset
+from supervisor.supervision.state_machine import State
 from tests.registry_entries import local_tiny_entry
 from tests.runtime_harness import make_home, running_runtime
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from actors.vram.ladder import load_ladder
-from actors.vram.learned_strategies import LearnedStrategies
-from actors.worker.protocol import Failed, GenerationParams, PipelineOptions
-from supervisor.diagnosis import Diagnosis
+from actors.worker.protocol import Failed
+from supervisor.core.params import GenerationParams, PipelineOptions
 from supervisor.errors import ErrorReport, Stage
 from supervisor.jobs import Job, new_job_id
-from supervisor.memory_recovery import MemoryRecovery
+from supervisor.recovery.diagnosis import Diagnosis
+from supervisor.recovery.ladder import load_ladder
+from supervisor.recovery.learned_strategies import LearnedStrategies
+from supervisor.recovery.memory import MemoryRecovery
 
 OOM = Diagnosis(
     code="VRAM.EXHAUSTED",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.worker.protocol import GenerationParams
+from supervisor.core.params import GenerationParams
 from supervisor.jobs import Job, JobStatus, new_job_id
 from tests.registry_entries import local_tiny_entry
 from tests.runtime_harness import EventLog, make_home, running_runtime

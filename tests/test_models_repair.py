@@ -26,7 +26,7 @@ from actors.models.repair import repair_model
 from actors.models.store import ModelStore
 from actors.models.verify import ProblemKind, verify_model_dir
 from supervisor.bus.events import EventData, ModelDownloadProgress, ModelRepaired
-from supervisor.settings import Settings
+from supervisor.core.settings import Settings
 
 __all__ = ["entry", "hub", "hub_session", "store", "tiny_dir"]
 

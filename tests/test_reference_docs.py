@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from supervisor.api.reference_docs import rewrite
 from supervisor.bus.schema import event_json_schema
 from supervisor.errors import ErrorCode
-from supervisor.reference_docs import rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
 

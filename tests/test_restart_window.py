@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from supervisor.child_spec import ChildSpec, RestartType
-from supervisor.restart_window import (
+from supervisor.supervision.child_spec import ChildSpec, RestartType
+from supervisor.supervision.restart_window import (
     ExitKind,
     backoff_delay,
     decide_restart,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.exceptions import InvalidTransition
-from supervisor.state_machine import (
+from supervisor.core.exceptions import InvalidTransition
+from supervisor.supervision.state_machine import (
     TRANSITIONS,
     State,
     StateMachine,

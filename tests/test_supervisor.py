@@ -7,11 +7,11 @@ import pytest
 
 from actors.actor import Actor
 from supervisor.bus import events as ev
-from supervisor.child_spec import ChildSpec, RestartType
-from supervisor.exceptions import ActorCrashed, InvalidTransition
-from supervisor.state_machine import State
-from supervisor.supervision import Supervisor
-from supervisor.supervisor_messages import Reset
+from supervisor.core.exceptions import ActorCrashed, InvalidTransition
+from supervisor.supervision.child_spec import ChildSpec, RestartType
+from supervisor.supervision.messages import Reset
+from supervisor.supervision.state_machine import State
+from supervisor.supervision.supervisor import Supervisor
 from tests.event_recorder import EventRecorder
 
 pytestmark = pytest.mark.anyio

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from actors.vram.ladder import (
+from supervisor.core.exceptions import ConfigError
+from supervisor.core.params import GenerationParams, Offload, PipelineOptions
+from supervisor.errors.report import Stage
+from supervisor.recovery.ladder import (
     DeviceKind,
     RungId,
     apply_rung,
@@ -17,9 +20,6 @@ from actors.vram.ladder import (
     next_rung,
     oom_cause,
 )
-from actors.worker.protocol import GenerationParams, Offload, PipelineOptions
-from supervisor.errors.report import Stage
-from supervisor.exceptions import ConfigError
 
 LADDER = load_ladder()
 

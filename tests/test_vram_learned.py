@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.vram.calibration import CalibrationStore, PeakSample, fit_scales
-from actors.vram.ladder import RungId
-from actors.vram.learned_strategies import LearnedStrategies, StrategyKey, size_bucket
-from actors.vram.preflight import MemoryProfile
 from supervisor.errors.report import Stage
+from supervisor.recovery.calibration import CalibrationStore, PeakSample, fit_scales
+from supervisor.recovery.ladder import RungId
+from supervisor.recovery.learned_strategies import LearnedStrategies, StrategyKey, size_bucket
+from supervisor.recovery.preflight import MemoryProfile
 
 GiB = 1024**3
 

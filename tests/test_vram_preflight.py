@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from actors.vram.ladder import RungId, load_ladder
-from actors.vram.preflight import (
+from supervisor.core.exceptions import WeightsHeaderError
+from supervisor.core.params import Dtype, GenerationParams, PipelineOptions
+from supervisor.errors.report import Stage
+from supervisor.recovery.ladder import RungId, load_ladder
+from supervisor.recovery.preflight import (
     MemoryProfile,
     Plan,
     PreflightJob,
@@ -20,10 +23,7 @@ from actors.vram.preflight import (
     estimate_peak,
     load_memory_profiles,
 )
-from actors.vram.weights_header import read_safetensors_header, summarize_weights
-from actors.worker.protocol import Dtype, GenerationParams, PipelineOptions
-from supervisor.errors.report import Stage
-from supervisor.exceptions import WeightsHeaderError
+from supervisor.recovery.weights_header import read_safetensors_header, summarize_weights
 
 MiB = 1024**2
 LADDER = load_ladder()

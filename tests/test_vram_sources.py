@@ -16,7 +16,7 @@ from actors.vram.memory_sources import (
     select_source,
 )
 from supervisor.bus.events import VramSource
-from supervisor.exceptions import MemorySourceUnavailable
+from supervisor.core.exceptions import MemorySourceUnavailable
 
 GiB = 1024**3
 

@@ -35,8 +35,8 @@ from actors.worker.protocol import (
     decode_worker,
     encode_message,
 )
+from supervisor.core.exceptions import ConfigError, ProtocolError
 from supervisor.errors.report import ErrorReport, Stage
-from supervisor.exceptions import ConfigError, ProtocolError
 
 PARAMS = GenerationParams(prompt="a red fox", width=32, height=32, num_frames=5, steps=2, seed=3)
 OPTIONS = PipelineOptions(vae_tiling=True, offload=Offload.NONE)

@@ -3,8 +3,8 @@ that tells the person what to do (the exact command or setting), so no caller ha
 
 from __future__ import annotations
 
+from supervisor.core.exceptions import GenvisorError
 from supervisor.errors.categories import ErrorCode
-from supervisor.exceptions import GenvisorError
 
 __all__ = [
     "DiskSpaceRefused",

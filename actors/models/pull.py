@@ -28,7 +28,7 @@ from actors.models.model_errors import DiskSpaceRefused, PickleWeightsRefused
 from actors.models.registry import ModelEntry, ModelSource
 from actors.models.store import ModelStore
 from actors.models.verify import is_pickle_weight
-from supervisor.settings import Settings
+from supervisor.core.settings import Settings
 
 __all__ = [
     "DownloadProgress",

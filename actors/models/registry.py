@@ -17,7 +17,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from actors.models.model_errors import UnknownModel
-from supervisor.exceptions import ConfigError
+from supervisor.core.exceptions import ConfigError
 
 __all__ = [
     "GenerationDefaults",

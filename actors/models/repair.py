@@ -71,7 +71,7 @@ def rebuild_local(entry: ModelEntry, store: ModelStore) -> Path:
     """Rebuild tiny-wan in a child process: the builder imports torch, this process must not."""
     out = entry.local_dir(store.home)
     done = subprocess.run(
-        [sys.executable, "-m", "actors.models.tiny_rebuild", str(out)],
+        [sys.executable, "-m", "actors.worker.tiny_rebuild", str(out)],
         capture_output=True,
         text=True,
         timeout=_REBUILD_TIMEOUT_S,

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import psutil
 
 from supervisor.bus.events import VramSample, VramSource
-from supervisor.exceptions import MemorySourceUnavailable
+from supervisor.core.exceptions import MemorySourceUnavailable
 
 __all__ = [
     "CapAccounting",

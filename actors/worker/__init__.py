@@ -2,5 +2,6 @@
 
 Control-side modules (import them anywhere): `protocol`, `channel`, `spawn`.
 Worker-side modules (import torch; only inside the worker process or the CLI's model builder):
-`tiny_wan`, `pipeline_host`, `generation`, `memory_cap` (CUDA part), `video_output`, `main`.
+`tiny_wan`, `tiny_rebuild`, `pipeline_host`, `generation`, `memory_cap` (CUDA part),
+`video_output`, `main`.
 """

@@ -27,7 +27,7 @@ from actors.worker.protocol import (
     decode_worker,
     encode_message,
 )
-from supervisor.exceptions import ProtocolError
+from supervisor.core.exceptions import ProtocolError
 
 __all__ = ["MAX_FRAME_BYTES", "AsyncChannel", "BlockingChannel", "ChannelClosed"]
 

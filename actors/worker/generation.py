@@ -38,8 +38,8 @@ from actors.worker.protocol import (
     StageTiming,
 )
 from actors.worker.video_output import OutputPaths, output_paths, remove_partials, write_outputs
+from supervisor.core.exceptions import JobCancelled
 from supervisor.errors.report import ErrorReport
-from supervisor.exceptions import JobCancelled
 
 __all__ = ["JobRun", "run_generation"]
 

@@ -17,7 +17,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.exceptions import ConfigError
+from supervisor.core.exceptions import ConfigError
 
 __all__ = ["AppliedCap", "address_space_bytes", "apply_memory_cap", "parse_size"]
 

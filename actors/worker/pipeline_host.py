@@ -18,7 +18,7 @@ import torch
 from diffusers import WanPipeline
 
 from actors.worker.protocol import Dtype, Offload, PipelineOptions
-from supervisor.exceptions import UnsupportedOption
+from supervisor.core.exceptions import UnsupportedOption
 
 __all__ = ["LoadResult", "PipelineHost", "torch_dtype"]
 

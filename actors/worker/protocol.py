@@ -15,15 +15,21 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
-    field_validator,
 )
 
+from supervisor.core.exceptions import ProtocolError
+from supervisor.core.params import (
+    JOB_ID_PATTERN,
+    Dtype,
+    GenerationParams,
+    Offload,
+    PipelineOptions,
+)
+from supervisor.core.params import FrozenModel as _Frozen
 from supervisor.errors.report import ErrorReport, Stage
-from supervisor.exceptions import ProtocolError
 
 __all__ = [
     "JOB_ID_PATTERN",
@@ -54,9 +60,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-# Job ids become file names in the worker: only the server generates them, and only this
-# alphabet is accepted, so no client string can reach the file system as a path.
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 class JobStage(StrEnum):
@@ -68,53 +71,6 @@ class JobStage(StrEnum):
     @property
     def error_stage(self) -> Stage:
         return Stage(self.value)
-
-
-class Dtype(StrEnum):
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
-    FLOAT16 = "float16"
-
-
-class Offload(StrEnum):
-    NONE = "none"
-    MODEL = "model"
-    GROUP = "group"
-    SEQUENTIAL = "sequential"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class PipelineOptions(_Frozen):
-    dtype: Dtype = Dtype.FLOAT32
-    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
-    vae_tiling: bool = False
-    vae_slicing: bool = False
-    layerwise_fp8: bool = False
-    offload: Offload = Offload.NONE
-
-
-class GenerationParams(_Frozen):
-    prompt: str = Field(min_length=1, max_length=4000)
-    negative_prompt: str = Field(default="", max_length=4000)
-    # Wan latents are 8x smaller spatially and patchified by 2: sizes are multiples of 16.
-    width: int = Field(default=832, ge=16, le=4096, multiple_of=16)
-    height: int = Field(default=480, ge=16, le=4096, multiple_of=16)
-    # Wan's VAE compresses time by 4 after the first frame: 4k+1 frames.
-    num_frames: int = Field(default=17, ge=1, le=1025)
-    steps: int = Field(default=30, ge=1, le=1000)
-    guidance_scale: float = Field(default=5.0, ge=0.0, le=50.0)
-    seed: int = Field(default=0, ge=0, lt=2**63)
-    fps: int = Field(default=16, ge=1, le=120)
-
-    @field_validator("num_frames")
-    @classmethod
-    def _four_k_plus_one(cls, value: int) -> int:
-        if (value - 1) % 4:
-            raise ValueError(f"num_frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {value}")
-        return value
 
 
 # --- control -> worker -------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from actors.worker.channel import AsyncChannel, ChannelClosed
 from actors.worker.protocol import Failed, Ready, Shutdown, WorkerMessage
-from supervisor.exceptions import ProtocolError, WorkerStartFailed
+from supervisor.core.exceptions import ProtocolError, WorkerStartFailed
 
 __all__ = ["WorkerHandle", "WorkerLaunch", "spawn_worker"]
 

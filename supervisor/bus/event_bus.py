@@ -32,7 +32,7 @@ import anyio.to_thread
 from supervisor.bus.events import Event, EventData
 from supervisor.bus.journal import Journal
 from supervisor.bus.subscription import Subscription
-from supervisor.exceptions import BusClosed
+from supervisor.core.exceptions import BusClosed
 
 __all__ = ["BusStats", "EventBus"]
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from supervisor.state_machine import State
+from supervisor.core.states import State
 
 __all__ = [
     "ActorCrashed",

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from supervisor.reference_docs import SECTIONS, write
+    from supervisor.api.reference_docs import SECTIONS, write
 
     if args.write is not None:
         changed = write(args.write)

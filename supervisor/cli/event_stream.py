@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from supervisor.cli.server_client import server_url, token_headers
-from supervisor.exceptions import ServerUnavailable
+from supervisor.core.exceptions import ServerUnavailable
 
 __all__ = ["EventFollower", "StreamRefused", "ws_url"]
 

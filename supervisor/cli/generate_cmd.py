@@ -25,7 +25,7 @@ from supervisor.cli.server_client import (
     server_url,
     token_headers,
 )
-from supervisor.exceptions import ServerUnavailable
+from supervisor.core.exceptions import ServerUnavailable
 
 __all__ = ["register", "run"]
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from supervisor.exceptions import ConfigError, ServerUnavailable
+from supervisor.core.exceptions import ConfigError, ServerUnavailable
 
 __all__ = ["main"]
 

@@ -17,7 +17,7 @@ from typing import TypeAlias
 
 from supervisor.cli.argument_types import whole_number
 from supervisor.cli.models_store_cmds import add_store_commands
-from supervisor.settings import load_settings
+from supervisor.core.settings import load_settings
 
 __all__ = ["MODEL_ACTIONS", "register", "tiny_model_dir"]
 

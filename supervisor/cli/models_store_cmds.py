@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TypeAlias
 
-from supervisor.settings import CONFIG_DIR, Settings, load_settings
+from supervisor.core.settings import CONFIG_DIR, Settings, load_settings
 
 __all__ = ["add_store_commands"]
 

@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from supervisor.app import create_app
-    from supervisor.settings import load_settings
-    from supervisor.structured_logging import configure_logging
+    from supervisor.api.app import create_app
+    from supervisor.core.settings import load_settings
+    from supervisor.core.structured_logging import configure_logging
 
     overrides: dict[str, Any] = {}
     if args.host is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from supervisor.exceptions import ServerUnavailable
+from supervisor.core.exceptions import ServerUnavailable
 
 __all__ = ["DEFAULT_URL", "add_url_argument", "request_json", "server_url", "token_headers"]
 

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2, sort_keys=True))
     elif args.graph:
-        from supervisor.state_machine import State, mermaid_diagram
+        from supervisor.supervision.state_machine import State, mermaid_diagram
 
         print(mermaid_diagram(State(body["state"])))
     else:

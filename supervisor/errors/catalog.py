@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from supervisor.core.exceptions import ConfigError
+from supervisor.core.settings import config_path
 from supervisor.errors.categories import ErrorCode
 from supervisor.errors.report import Stage
-from supervisor.exceptions import ConfigError
-from supervisor.settings import config_path
 
 __all__ = [
     "DEFAULT_MESSAGES_PATH",

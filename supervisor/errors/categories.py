@@ -28,8 +28,8 @@ __all__ = [
 
 # The exception type names the generator puts in an ErrorReport when the worker process dies
 # (exit, signal) or stops sending heartbeats. They are names only: no such class is imported here.
-WORKER_CRASHED_TYPE = "supervisor.exceptions.WorkerCrashed"
-WORKER_HUNG_TYPE = "supervisor.exceptions.WorkerHung"
+WORKER_CRASHED_TYPE = "supervisor.core.exceptions.WorkerCrashed"
+WORKER_HUNG_TYPE = "supervisor.core.exceptions.WorkerHung"
 
 
 class Category(StrEnum):

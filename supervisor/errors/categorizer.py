@@ -16,6 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from supervisor.core.settings import config_path
 from supervisor.errors.categories import (
     Categorization,
     CategorizationContext,
@@ -31,7 +32,6 @@ from supervisor.errors.type_rules import (
     default_type_rules,
     errno_of,
 )
-from supervisor.settings import config_path
 
 __all__ = ["DEFAULT_PATTERNS_PATH", "Categorizer", "default_categorizer"]
 

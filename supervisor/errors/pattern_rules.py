@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from supervisor.core.exceptions import ConfigError
 from supervisor.errors.categories import Category, ErrorCode, Severity
-from supervisor.exceptions import ConfigError
 
 __all__ = ["PatternRule", "PatternRuleSet", "load_pattern_rules"]
 

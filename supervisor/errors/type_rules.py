@@ -216,10 +216,10 @@ def default_type_rules() -> TypeRuleTable:
         TypeRule(code.CONFIG_INVALID, handler=_by_stage),
         bare=False,
     )
-    t.add(["supervisor.exceptions.ConfigError"], TypeRule(code.CONFIG_INVALID), bare=False)
-    t.add(["supervisor.exceptions.ProtocolError"], TypeRule(code.WORKER_PROTOCOL), bare=False)
+    t.add(["supervisor.core.exceptions.ConfigError"], TypeRule(code.CONFIG_INVALID), bare=False)
+    t.add(["supervisor.core.exceptions.ProtocolError"], TypeRule(code.WORKER_PROTOCOL), bare=False)
     t.add(
-        [WORKER_CRASHED_TYPE, "supervisor.exceptions.WorkerStartFailed"],
+        [WORKER_CRASHED_TYPE, "supervisor.core.exceptions.WorkerStartFailed"],
         TypeRule(code.WORKER_CRASHED, handler=_worker_death),
     )
     t.add([WORKER_HUNG_TYPE], TypeRule(code.WORKER_HUNG))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from actors.worker.protocol import GenerationParams, PipelineOptions
+from supervisor.core.params import GenerationParams, PipelineOptions
 
 __all__ = ["TERMINAL", "Job", "JobStatus", "new_job_id"]
 

@@ -20,11 +20,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from supervisor.exceptions import ConfigError
+from supervisor.core.exceptions import ConfigError
 
 __all__ = ["CONFIG_DIR", "SHIPPED_CONFIG_DIR", "Settings", "config_path", "load_settings"]
 
-SHIPPED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 CONFIG_DIR = Path(os.environ.get("GENVISOR_CONFIG_DIR", SHIPPED_CONFIG_DIR))
 
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from actors.worker.protocol import Failed
-    from supervisor.diagnosis import Diagnosis
     from supervisor.jobs import Job
+    from supervisor.recovery.diagnosis import Diagnosis
 
 __all__ = ["RecoveryPlanner", "RecoveryStep", "no_recovery"]
 

@@ -11,12 +11,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any
 
 from transitions import Machine, MachineError
 
-from supervisor.exceptions import InvalidTransition
+from supervisor.core.exceptions import InvalidTransition
+from supervisor.core.states import State, Trigger
 
 __all__ = [
     "TRANSITIONS",
@@ -26,36 +26,6 @@ __all__ = [
     "Trigger",
     "mermaid_diagram",
 ]
-
-
-class State(StrEnum):
-    STARTING = "starting"
-    READY = "ready"
-    FAILED = "failed"
-    CATEGORIZING = "categorizing"
-    RECOVERING = "recovering"
-    DEGRADED = "degraded"
-    HALTED = "halted"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-class Trigger(StrEnum):
-    STARTED = "started"  # starting -> ready
-    STARTED_DEGRADED = "started_degraded"  # starting -> degraded
-    FAIL = "fail"  # a failure was captured
-    CATEGORIZE = "categorize"  # failed -> categorizing
-    PLAN = "plan"  # categorizing -> recovering: a recovery plan exists
-    DISMISS = "dismiss"  # categorizing -> ready: the job's own fault, nothing to recover
-    DISMISS_DEGRADED = "dismiss_degraded"  # same, while degraded reasons remain
-    RECOVERED = "recovered"  # recovering -> ready
-    RECOVERED_DEGRADED = "recovered_degraded"  # recovering -> degraded
-    GIVE_UP = "give_up"  # nothing left to try -> halted
-    DEGRADE = "degrade"  # ready -> degraded (a reason appeared)
-    RESTORE = "restore"  # degraded -> ready (every reason cleared)
-    RESET = "reset"  # halted -> starting (operator)
-    STOP = "stop"
-    STOPPED = "stopped"
 
 
 S, T = State, Trigger

@@ -11,8 +11,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
-from supervisor.exceptions import ConfigError
-from supervisor.settings import Settings
+from supervisor.core.exceptions import ConfigError
+from supervisor.core.settings import Settings
 
 __all__ = ["bearer_token", "check_exposure", "origin_allowed", "token_valid"]
 

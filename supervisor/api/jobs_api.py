@@ -16,14 +16,14 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from actors.worker.protocol import JOB_ID_PATTERN, GenerationParams
-from supervisor.api_errors import ApiError, field_errors_response
+from supervisor.api.api_errors import ApiError, field_errors_response
+from supervisor.core.params import JOB_ID_PATTERN, GenerationParams
 from supervisor.errors import ErrorCode
-from supervisor.job_flow import CancelRefused
 from supervisor.jobs import Job, JobStatus, new_job_id
 from supervisor.runtime import Runtime
-from supervisor.state_machine import State
-from supervisor.supervisor_messages import CancelRequest
+from supervisor.supervision.job_flow import CancelRefused
+from supervisor.supervision.messages import CancelRequest
+from supervisor.supervision.state_machine import State
 
 __all__ = ["JobRequest", "add_job_routes"]
 

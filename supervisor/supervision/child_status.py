@@ -9,9 +9,9 @@ from typing import Any
 import anyio
 
 from actors.actor import Actor
-from supervisor.child_spec import ChildSpec
 from supervisor.errors.report import ErrorReport
-from supervisor.restart_window import restarts_in_window
+from supervisor.supervision.child_spec import ChildSpec
+from supervisor.supervision.restart_window import restarts_in_window
 
 __all__ = ["ChildRecord", "ChildState"]
 

@@ -39,7 +39,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from actors.vram.ladder import (
+from supervisor.core.exceptions import ConfigError
+from supervisor.core.params import Dtype, GenerationParams, Offload, PipelineOptions
+from supervisor.core.settings import CONFIG_DIR
+from supervisor.errors.report import Stage
+from supervisor.recovery.ladder import (
     AppliedChange,
     Rung,
     RungId,
@@ -48,11 +52,7 @@ from actors.vram.ladder import (
     device_kind,
     next_rung,
 )
-from actors.vram.weights_header import ModelWeights
-from actors.worker.protocol import Dtype, GenerationParams, Offload, PipelineOptions
-from supervisor.errors.report import Stage
-from supervisor.exceptions import ConfigError
-from supervisor.settings import CONFIG_DIR
+from supervisor.recovery.weights_header import ModelWeights
 
 __all__ = [
     "Estimate",
@@ -91,7 +91,7 @@ class MemoryProfile(BaseModel):
     overhead_bytes: int = Field(default=0, ge=0)
     # Share of a component's weights on the device under group offload.
     group_resident_fraction: float = Field(default=0.15, gt=0, le=1)
-    # Calibration multipliers (actors/vram/calibration.py); 1.0 = the seeded figures.
+    # Calibration multipliers (supervisor/recovery/calibration.py); 1.0 = the seeded figures.
     denoise_scale: float = Field(default=1.0, gt=0)
     decode_scale: float = Field(default=1.0, gt=0)
 

@@ -13,20 +13,21 @@ import logging
 import time
 from pathlib import Path
 
-from actors.vram.calibration import CalibrationStore, PeakSample
-from actors.vram.preflight import (
+from actors.worker.protocol import Ready
+from supervisor.bus import events as ev
+from supervisor.core.exceptions import GenvisorError
+from supervisor.core.params import GenerationParams, PipelineOptions
+from supervisor.errors import ErrorReport, Stage
+from supervisor.jobs import Job
+from supervisor.recovery.calibration import CalibrationStore, PeakSample
+from supervisor.recovery.preflight import (
     Estimate,
     estimate_peak,
     format_bytes,
     load_memory_profiles,
     load_peak,
 )
-from actors.vram.weights_header import ModelWeights, summarize_weights
-from actors.worker.protocol import GenerationParams, PipelineOptions, Ready
-from supervisor.bus import events as ev
-from supervisor.errors import ErrorReport, Stage
-from supervisor.exceptions import GenvisorError
-from supervisor.jobs import Job
+from supervisor.recovery.weights_header import ModelWeights, summarize_weights
 
 __all__ = ["MemoryAccounting"]
 

@@ -15,7 +15,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.vram.ladder import RungId
+from supervisor.recovery.ladder import RungId
 
 __all__ = ["LearnedStrategies", "LearnedStrategy", "StrategyKey", "memory_key", "size_bucket"]
 

@@ -1,4 +1,4 @@
-"""`python -m actors.models.tiny_rebuild OUT`: rebuild tiny-wan into OUT (same seed, same bytes).
+"""`python -m actors.worker.tiny_rebuild OUT`: rebuild tiny-wan into OUT (same seed, same bytes).
 
 Its own process because the builder imports torch, which the control process never loads.
 """

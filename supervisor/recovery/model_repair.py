@@ -8,10 +8,10 @@ still broken after a repair is explained, not retried forever.
 from __future__ import annotations
 
 from actors.worker.protocol import Failed
-from supervisor.diagnosis import Diagnosis
 from supervisor.errors import ErrorCode, Stage
 from supervisor.jobs import Job
-from supervisor.recovery_plan import RecoveryStep
+from supervisor.recovery.diagnosis import Diagnosis
+from supervisor.recovery.planner import RecoveryStep
 
 __all__ = ["REPAIR_RUNG", "fresh_worker_pending", "plan_model_repair", "repair_pending"]
 

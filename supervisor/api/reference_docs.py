@@ -14,8 +14,8 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from supervisor.core.settings import CONFIG_DIR, Settings
 from supervisor.errors import CODE_SPECS, ErrorCode, default_catalog
-from supervisor.settings import CONFIG_DIR, Settings
 
 __all__ = ["SECTIONS", "codes_markdown", "ladder_markdown", "rewrite", "settings_markdown"]
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.exceptions import WeightsHeaderError
+from supervisor.core.exceptions import WeightsHeaderError
 
 __all__ = [
     "ComponentWeights",

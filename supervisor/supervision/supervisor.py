@@ -19,16 +19,14 @@ from actors.actor import Actor
 from actors.generator import JobOutcome
 from supervisor import __version__
 from supervisor.bus import events as ev
-from supervisor.child_spec import ChildSpec
-from supervisor.child_status import ChildRecord, ChildState
+from supervisor.core.exceptions import ActorNotRunning, InvalidTransition
 from supervisor.errors.report import ErrorReport, Stage
-from supervisor.exceptions import ActorNotRunning, InvalidTransition
-from supervisor.job_failure_pipeline import JobFailurePipeline
-from supervisor.job_flow import CancelRefused, JobFlow
-from supervisor.recovery_plan import RecoveryPlanner, no_recovery
-from supervisor.restart_window import ExitKind, decide_restart
-from supervisor.state_machine import State, StateMachine, TransitionRecord, Trigger
-from supervisor.supervisor_messages import (
+from supervisor.recovery.planner import RecoveryPlanner, no_recovery
+from supervisor.supervision.child_spec import ChildSpec
+from supervisor.supervision.child_status import ChildRecord, ChildState
+from supervisor.supervision.job_failure_pipeline import JobFailurePipeline
+from supervisor.supervision.job_flow import CancelRefused, JobFlow
+from supervisor.supervision.messages import (
     CancelRequest,
     ChildExited,
     ChildStarted,
@@ -39,6 +37,8 @@ from supervisor.supervisor_messages import (
     RestartDue,
     SupervisorSnapshot,
 )
+from supervisor.supervision.restart_window import ExitKind, decide_restart
+from supervisor.supervision.state_machine import State, StateMachine, TransitionRecord, Trigger
 
 __all__ = ["Supervisor"]
 

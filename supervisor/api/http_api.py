@@ -7,16 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
 from fastapi.responses import JSONResponse
 
-from supervisor.api_errors import ApiError, route_class
+from supervisor.api.api_errors import ApiError, route_class
+from supervisor.api.jobs_api import add_job_routes
+from supervisor.api.models_api import add_model_routes
+from supervisor.api.security import bearer_token, origin_allowed, token_valid
 from supervisor.bus.websocket_stream import stream_events
+from supervisor.core.exceptions import InvalidTransition
 from supervisor.errors import ErrorCode
-from supervisor.exceptions import InvalidTransition
-from supervisor.jobs_api import add_job_routes
-from supervisor.models_api import add_model_routes
 from supervisor.runtime import Runtime
-from supervisor.security import bearer_token, origin_allowed, token_valid
-from supervisor.state_machine import State
-from supervisor.supervisor_messages import Reset
+from supervisor.supervision.messages import Reset
+from supervisor.supervision.state_machine import State
 
 __all__ = ["build_router"]
 

@@ -16,8 +16,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.vram.preflight import Estimate, MemoryProfile, with_scales
 from supervisor.errors.report import Stage
+from supervisor.recovery.preflight import Estimate, MemoryProfile, with_scales
 
 __all__ = ["Calibration", "CalibrationStore", "PeakSample", "fit_scales"]
 

@@ -9,10 +9,10 @@ supervisor's state machine, from the supervisor's own loop.
 from __future__ import annotations
 
 from actors.generator import JobOutcome
-from supervisor.job_flow import JobFlow
 from supervisor.jobs import Job
-from supervisor.recovery_plan import RecoveryPlanner
-from supervisor.state_machine import State, StateMachine, Trigger
+from supervisor.recovery.planner import RecoveryPlanner
+from supervisor.supervision.job_flow import JobFlow
+from supervisor.supervision.state_machine import State, StateMachine, Trigger
 
 __all__ = ["CAPABILITY_KEPT", "JobFailurePipeline"]
 

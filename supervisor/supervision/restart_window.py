@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from supervisor.child_spec import ChildSpec, RestartType
+from supervisor.supervision.child_spec import ChildSpec, RestartType
 
 __all__ = [
     "ExitKind",

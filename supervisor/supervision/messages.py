@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.errors.report import ErrorReport
-from supervisor.restart_window import ExitKind
-from supervisor.state_machine import State, TransitionRecord
+from supervisor.supervision.restart_window import ExitKind
+from supervisor.supervision.state_machine import State, TransitionRecord
 
 __all__ = [
     "CancelRequest",

@@ -23,10 +23,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from actors.worker.protocol import GenerationParams, Offload, PipelineOptions
+from supervisor.core.exceptions import ConfigError
+from supervisor.core.params import GenerationParams, Offload, PipelineOptions
+from supervisor.core.settings import CONFIG_DIR
 from supervisor.errors.report import Stage
-from supervisor.exceptions import ConfigError
-from supervisor.settings import CONFIG_DIR
 
 __all__ = [
     "AppliedChange",

@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.vram.ladder import (
+from actors.worker.protocol import Failed
+from supervisor.core.params import GenerationParams, PipelineOptions
+from supervisor.errors import ErrorCode, Stage
+from supervisor.jobs import Job
+from supervisor.recovery.diagnosis import Diagnosis
+from supervisor.recovery.ladder import (
     AppliedChange,
     DeviceKind,
     Ladder,
@@ -25,13 +30,9 @@ from actors.vram.ladder import (
     oom_cause,
     rung_for_failure,
 )
-from actors.vram.learned_strategies import LearnedStrategies, StrategyKey
-from actors.vram.preflight import Estimate, Plan, PreflightJob, Refusal, choose_rung
-from actors.worker.protocol import Failed, GenerationParams, PipelineOptions
-from supervisor.diagnosis import Diagnosis
-from supervisor.errors import ErrorCode, Stage
-from supervisor.jobs import Job
-from supervisor.recovery_plan import RecoveryStep
+from supervisor.recovery.learned_strategies import LearnedStrategies, StrategyKey
+from supervisor.recovery.planner import RecoveryStep
+from supervisor.recovery.preflight import Estimate, Plan, PreflightJob, Refusal, choose_rung
 
 __all__ = ["MEMORY_CODES", "RUNG_ACTIONS", "MemoryRecovery", "PreflightRefused"]
 

@@ -16,14 +16,14 @@ from typing import Any, Protocol
 from actors.actor import Actor
 from actors.generator import CancelJob, JobOutcome, ModelChoice, RunJob
 from supervisor.bus import events as ev
-from supervisor.diagnosis import Diagnosis
+from supervisor.core.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.errors import Categorization, ErrorCode, Stage
 from supervisor.errors.report import ErrorReport
-from supervisor.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.jobs import Job, JobStatus, JobStore
-from supervisor.memory_recovery import MemoryRecovery
-from supervisor.model_repair_plan import fresh_worker_pending, repair_pending
-from supervisor.state_machine import State
+from supervisor.recovery.diagnosis import Diagnosis
+from supervisor.recovery.memory import MemoryRecovery
+from supervisor.recovery.model_repair import fresh_worker_pending, repair_pending
+from supervisor.supervision.state_machine import State
 
 __all__ = ["CancelRefused", "Diagnose", "JobFlow"]
 
@@ -133,7 +133,7 @@ class JobFlow:
             if refused is None:
                 return job  # saved with its new status by dispatch, or by the next prepare
             report = ErrorReport(
-                exc_type="supervisor.memory_recovery.PreflightRefused",
+                exc_type="supervisor.recovery.memory.PreflightRefused",
                 message=f"not enough memory: {refused.message}",
                 stage=Stage.LOAD,
                 device=job.options.device,

@@ -21,11 +21,11 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from supervisor import __version__
-from supervisor.api_errors import http_exception_handler
-from supervisor.http_api import build_router
+from supervisor.api.api_errors import http_exception_handler
+from supervisor.api.http_api import build_router
+from supervisor.api.security import check_exposure
+from supervisor.core.settings import Settings
 from supervisor.runtime import Runtime
-from supervisor.security import check_exposure
-from supervisor.settings import Settings
 
 __all__ = ["compose_lifespans", "create_app"]
 

@@ -19,9 +19,9 @@ from actors.model_loader import (
     VerifyModel,
 )
 from actors.models.model_errors import ModelStoreError
-from supervisor.api_errors import ApiError
+from supervisor.api.api_errors import ApiError
+from supervisor.core.exceptions import ActorNotRunning
 from supervisor.errors import ErrorCode
-from supervisor.exceptions import ActorNotRunning
 from supervisor.runtime import Runtime
 
 __all__ = ["add_model_routes"]
