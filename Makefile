@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # resolving a bare `torch` to a CUDA build of several GB.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install serve test lint typecheck pytest bench drill clean
+.PHONY: install serve test test-fast lint typecheck pytest bench drill clean
 
 install: $(STAMP)
 
@@ -26,6 +26,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check supervisor actors
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy supervisor actors
@@ -34,6 +35,10 @@ pytest: install
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The inner loop: every test not marked slow (no tiny-Wan run, no server subprocess).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	@for b in bench/bus.py bench/categorize.py bench/overhead.py bench/recovery.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
