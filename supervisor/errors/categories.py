@@ -74,6 +74,8 @@ class ErrorCode(StrEnum):
     FS_TOO_MANY_OPEN_FILES = "FS.TOO_MANY_OPEN_FILES"
     FS_IO_ERROR = "FS.IO_ERROR"
 
+    STORE_CORRUPTED = "STORE.CORRUPTED"
+
     INPUT_RESOLUTION = "INPUT.RESOLUTION"
     INPUT_FRAMES = "INPUT.FRAMES"
     INPUT_PROMPT = "INPUT.PROMPT"
@@ -105,12 +107,14 @@ class ErrorCode(StrEnum):
 
 
 # Invariant: every code prefix maps to exactly one category. WORKER.* is a generation-pipeline
-# fault: the process that runs the pipeline died or stalled.
+# fault: the process that runs the pipeline died or stalled. STORE.* is a damaged file of one of
+# genvisor's own SQLite stores (jobs, journal, learned strategies, calibration): a file problem.
 _PREFIX_CATEGORY: dict[str, Category] = {
     "VRAM": Category.VRAM_MEMORY,
     "MODEL": Category.MODEL_LOADING,
     "NET": Category.NETWORK,
     "FS": Category.FILE_SYSTEM,
+    "STORE": Category.FILE_SYSTEM,
     "INPUT": Category.INPUT_VALIDATION,
     "PIPELINE": Category.GENERATION_PIPELINE,
     "WORKER": Category.GENERATION_PIPELINE,
@@ -152,6 +156,8 @@ CODE_SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.FS_NOT_FOUND: CodeSpec(_M, False),
     ErrorCode.FS_TOO_MANY_OPEN_FILES: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.FS_IO_ERROR: CodeSpec(_C, False),
+    # Not recoverable while running: the store heals at the next start (moved aside, salvaged).
+    ErrorCode.STORE_CORRUPTED: CodeSpec(_H, False),
     ErrorCode.INPUT_RESOLUTION: CodeSpec(_L, False),
     ErrorCode.INPUT_FRAMES: CodeSpec(_L, False),
     ErrorCode.INPUT_PROMPT: CodeSpec(_L, False),

@@ -96,6 +96,18 @@ def _by_stage(report: ErrorReport, lowered: str) -> ErrorCode:
     return ErrorCode.INPUT_INVALID if report.stage is Stage.API else ErrorCode.CONFIG_INVALID
 
 
+def _by_sqlite_words(report: ErrorReport, lowered: str) -> ErrorCode | None:
+    # sqlite3 raises one family for everything: a damaged file, a full disk, a failing device,
+    # a locked or a read-only database. Only the wording tells them apart.
+    if "malformed" in lowered or "not a database" in lowered or "database corrupt" in lowered:
+        return ErrorCode.STORE_CORRUPTED
+    if "database or disk is full" in lowered:
+        return ErrorCode.FS_DISK_FULL
+    if "disk i/o error" in lowered:
+        return ErrorCode.FS_IO_ERROR
+    return None
+
+
 def _worker_death(report: ErrorReport, lowered: str) -> ErrorCode:
     # The generator sets `oom_killed` when the kernel's OOM killer took the worker: then the
     # death is a memory fault (the categorizer turns it into VRAM on a CPU pipeline).
@@ -205,6 +217,14 @@ def default_type_rules() -> TypeRuleTable:
         "IsADirectoryError", "NotADirectoryError", "FileExistsError", "BlockingIOError",
     ]  # fmt: skip
     t.add(os_family, TypeRule(None, handler=_by_errno), bare=False)
+    # Every sqlite3 error class (OperationalError, IntegrityError, ...) has DatabaseError in its
+    # MRO; genvisor's own StoreCorrupted is one too. Other wordings ("database is locked") fall
+    # through to the text rules.
+    t.add(
+        ["sqlite3.DatabaseError", "supervisor.core.store_health.StoreCorrupted"],
+        TypeRule(None, handler=_by_sqlite_words),
+        bare=False,
+    )
 
     t.add(
         [

@@ -3,6 +3,11 @@
 Invariants: a job is committed before `submit` returns (so before the API answers 202);
 the queue order is (priority desc, created asc, rowid asc); start-up turns every job left
 `running` or `retrying` by a dead server into `interrupted` and queues it again.
+
+Damage: the file is checked at open (`PRAGMA quick_check`); a damaged file is moved aside and
+every readable job carried into a fresh one (supervisor/core/sqlite_salvage.py), and
+`heal_report` says so. A corruption error while running becomes `StoreCorrupted` (code
+`STORE.CORRUPTED`), and the first one is kept in `damage`; the file heals at the next start.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from supervisor.core.sqlite_salvage import SalvageSpec, corruption_guard, open_healed
+from supervisor.core.store_health import StoreCorrupted, StoreHealReport
 from supervisor.jobs.job import TERMINAL, Job, JobStatus
 
 __all__ = ["JobStore"]
@@ -52,27 +59,62 @@ _COLUMNS = (
 ).split()
 
 
+def _check_row(row: dict[str, object]) -> object:
+    return Job.from_row(row)  # raises for a row salvage must not carry (garbled JSON, status)
+
+
+_SALVAGE = SalvageSpec(
+    store="jobs", items="jobs", schema=_SCHEMA, table="jobs", check_row=_check_row
+)
+
+
 class JobStore:
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self.path = Path(path)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: every commit survives a crash or kill of the process; only the
-        # acceptance of a job (`submit`) is also made to survive a power cut (FULL, below).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        # The first corruption met while running; the file heals at the next start.
+        self.damage: StoreCorrupted | None = None
+        # Set when the file was damaged at open (moved aside, salvaged): the server serves
+        # DEGRADED with `heal_report.reason()`.
+        self.heal_report: StoreHealReport | None
+        self._db, self.heal_report = open_healed(self.path, _SALVAGE, self._open)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: every commit survives a crash or kill of the process; only the
+            # acceptance of a job (`submit`) is also made to survive a power cut (FULL, below).
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()  # closed before the file may be moved aside
+            raise
+        return db
+
+    def _seen(self, damage: StoreCorrupted) -> None:
+        if self.damage is None:
+            self.damage = damage
+
+    def _guard(self) -> AbstractContextManager[None]:
+        return corruption_guard("jobs", self.path, self._seen)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._guard():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # Invariant: no transaction outlives a failure (a failed COMMIT included), so the
+                # next call can BEGIN. SQLite rolls back by itself after some errors (corruption,
+                # I/O, full disk); a ROLLBACK then fails and must not hide the error's cause.
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -82,12 +124,12 @@ class JobStore:
 
     def submit(self, job: Job) -> Job:
         row = job.to_row()
-        with self._lock:
+        with self._lock, self._guard():
             self._db.execute("PRAGMA synchronous=FULL")
         try:
             self._insert(row)
         finally:
-            with self._lock:
+            with self._lock, self._guard():
                 self._db.execute("PRAGMA synchronous=NORMAL")
         return job
 
@@ -141,7 +183,7 @@ class JobStore:
     # -- reads ----------------------------------------------------------------------------------
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._guard():
             return self._db.execute(sql, args).fetchall()
 
     def get(self, job_id: str) -> Job | None:

@@ -6,16 +6,22 @@ through the origin, ``s = sum(x*y) / sum(x*x)``, where x is the predicted activa
 decoded video at decode) and y is the measured peak minus the resident weights and overhead.
 The fitted scales multiply the seeded coefficients (`MemoryProfile.denoise_scale` and
 `decode_scale`). With no samples for a stage its scale stays 1.0 (the published seed).
+
+A damaged file is healed at open (supervisor/core/sqlite_salvage.py: moved aside, readable rows
+carried, `heal_report` set); a corruption error later becomes `StoreCorrupted`, kept in `damage`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.core.sqlite_salvage import SalvageSpec, corruption_guard, open_healed
+from supervisor.core.store_health import StoreCorrupted, StoreHealReport
 from supervisor.errors.report import Stage
 from supervisor.recovery.preflight import Estimate, MemoryProfile, with_scales
 
@@ -33,6 +39,13 @@ CREATE TABLE IF NOT EXISTS memory_peaks (
     recorded_at REAL NOT NULL
 )
 """
+_SALVAGE = SalvageSpec(
+    store="memory calibration",
+    items="memory measurements",
+    schema=_SCHEMA,
+    table="memory_peaks",
+    check_row=lambda row: Stage(str(row["stage"])),  # a garbled stage is not carried
+)
 # Scales outside this range mean a broken measurement (or a wrong model), not a calibration.
 MIN_SCALE, MAX_SCALE = 0.05, 20.0
 
@@ -96,16 +109,35 @@ class CalibrationStore:
         # Invariant: a fit is recomputed only after a record for its (model, device); pre-flight
         # asks for it once per rung it considers.
         self._fits: dict[tuple[str, str], Calibration] = {}
+        # The first corruption met while running; the file heals at the next start.
+        self.damage: StoreCorrupted | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Set when the file was damaged at open. The file may hold other stores' tables (the
+        # runtime keeps learned strategies in it too): those rows are carried as well.
+        self.heal_report: StoreHealReport | None
+        _, self.heal_report = open_healed(path, _SALVAGE, self._create)
+
+    def _create(self) -> None:
         with closing(self._connect()) as db, db:
             db.execute(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5.0)
 
+    def _seen(self, damage: StoreCorrupted) -> None:
+        if self.damage is None:
+            self.damage = damage
+
+    @contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
+        """A connection in a transaction, closed after; corruption becomes StoreCorrupted."""
+        with corruption_guard(_SALVAGE.store, self.path, self._seen):
+            with closing(self._connect()) as db, db:
+                yield db
+
     def record(self, model: str, device: str, sample: PeakSample) -> None:
         self._fits.pop((model, device), None)
-        with closing(self._connect()) as db, db:
+        with self._session() as db:
             db.execute(
                 "INSERT INTO memory_peaks (model, device, stage, resident_bytes, "
                 "activation_feature, measured_peak, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -121,7 +153,7 @@ class CalibrationStore:
             )
 
     def samples(self, model: str, device: str) -> list[PeakSample]:
-        with closing(self._connect()) as db:
+        with self._session() as db:
             rows = db.execute(
                 "SELECT stage, resident_bytes, activation_feature, measured_peak "
                 "FROM memory_peaks WHERE model = ? AND device = ? ORDER BY id DESC LIMIT ?",

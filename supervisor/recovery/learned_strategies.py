@@ -4,6 +4,9 @@ The next pre-flight of a similar request starts at that rung, so the same reques
 out of memory twice. Stored in SQLite (one small table), written on every success after a
 recovery. The size bucket groups requests by work size (width x height x frames) in half-octave
 steps, so 832x480x17 and 848x480x17 share a strategy and 1280x720x81 does not.
+
+A damaged file is healed at open (supervisor/core/sqlite_salvage.py: moved aside, readable rows
+carried, `heal_report` set); a corruption error later becomes `StoreCorrupted`, kept in `damage`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.core.sqlite_salvage import SalvageSpec, corruption_guard, open_healed
+from supervisor.core.store_health import StoreCorrupted, StoreHealReport
 from supervisor.recovery.ladder import RungId
 
 __all__ = ["LearnedStrategies", "LearnedStrategy", "StrategyKey", "memory_key", "size_bucket"]
@@ -31,6 +37,13 @@ CREATE TABLE IF NOT EXISTS learned_strategies (
     PRIMARY KEY (model, device, memory_mib, bucket)
 )
 """
+_SALVAGE = SalvageSpec(
+    store="learned strategies",
+    items="learned strategies",
+    schema=_SCHEMA,
+    table="learned_strategies",
+    check_row=lambda row: RungId(str(row["rung"])),  # a garbled rung is not carried
+)
 
 
 def size_bucket(width: int, height: int, frames: int) -> int:
@@ -79,16 +92,35 @@ class LearnedStrategies:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # The first corruption met while running; the file heals at the next start.
+        self.damage: StoreCorrupted | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Set when the file was damaged at open. The file may hold other stores' tables (the
+        # runtime keeps calibration in it too): those rows are carried as well.
+        self.heal_report: StoreHealReport | None
+        _, self.heal_report = open_healed(path, _SALVAGE, self._create)
+
+    def _create(self) -> None:
         with closing(self._connect()) as db, db:
             db.execute(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=5.0)
 
+    def _seen(self, damage: StoreCorrupted) -> None:
+        if self.damage is None:
+            self.damage = damage
+
+    @contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
+        """A connection in a transaction, closed after; corruption becomes StoreCorrupted."""
+        with corruption_guard(_SALVAGE.store, self.path, self._seen):
+            with closing(self._connect()) as db, db:
+                yield db
+
     def remember(self, key: StrategyKey, rung: RungId) -> None:
         """Store the rung that worked; a different rung for the same key replaces it."""
-        with closing(self._connect()) as db, db:
+        with self._session() as db:
             db.execute(
                 """
                 INSERT INTO learned_strategies
@@ -103,7 +135,7 @@ class LearnedStrategies:
             )
 
     def lookup(self, key: StrategyKey) -> LearnedStrategy | None:
-        with closing(self._connect()) as db:
+        with self._session() as db:
             row = db.execute(
                 "SELECT rung, successes, updated_at FROM learned_strategies "
                 "WHERE model = ? AND device = ? AND memory_mib = ? AND bucket = ?",
@@ -114,7 +146,7 @@ class LearnedStrategies:
         return LearnedStrategy(key, RungId(row[0]), int(row[1]), float(row[2]))
 
     def all(self) -> list[LearnedStrategy]:
-        with closing(self._connect()) as db:
+        with self._session() as db:
             rows = db.execute(
                 "SELECT model, device, memory_mib, bucket, rung, successes, updated_at "
                 "FROM learned_strategies ORDER BY model, device, memory_mib, bucket"
@@ -128,7 +160,7 @@ class LearnedStrategies:
 
     def forget(self, key: StrategyKey) -> bool:
         """Drop one strategy (e.g. it ran out of memory anyway); True if one was stored."""
-        with closing(self._connect()) as db, db:
+        with self._session() as db:
             cursor = db.execute(
                 "DELETE FROM learned_strategies "
                 "WHERE model = ? AND device = ? AND memory_mib = ? AND bucket = ?",
@@ -138,5 +170,5 @@ class LearnedStrategies:
 
     def clear(self) -> int:
         """Forget everything (setting `clear_learned_strategies`); returns how many."""
-        with closing(self._connect()) as db, db:
+        with self._session() as db:
             return db.execute("DELETE FROM learned_strategies").rowcount
