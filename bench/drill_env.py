@@ -43,7 +43,7 @@ def say(message: str) -> None:
 class EventFeed:
     """One client that reads `/v1/events` all the time, in a thread; it reconnects with
     `?since=<last seq>` when the server goes away, so a restart costs it nothing. It counts the
-    seq numbers it never saw that no `bus.lagged` notice announced."""
+    seq numbers it never saw that no `bus.lagged` or `bus.gap` notice announced."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -51,6 +51,7 @@ class EventFeed:
         self.last_seq = 0
         self.unannounced: list[tuple[int, int]] = []
         self.lagged: list[Event] = []
+        self.gaps: list[Event] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="event-feed")
@@ -76,6 +77,12 @@ class EventFeed:
             if event["type"] == "bus.lagged":
                 self.lagged.append(event)
                 self.last_seq = max(self.last_seq, seq + int(event["data"]["dropped"]))
+            elif event["type"] == "bus.gap":
+                # An announced gap (a restart's unused numbers, retention, a damaged range);
+                # "ahead": the server numbers below what this client saw, so follow it.
+                self.gaps.append(event)
+                ahead = event["data"]["reason"] == "ahead"
+                self.last_seq = seq if ahead else max(self.last_seq, seq)
             else:
                 if seq > self.last_seq + 1:
                     self.unannounced.append((self.last_seq + 1, seq - 1))

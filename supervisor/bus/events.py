@@ -27,11 +27,13 @@ __all__ = [
     "ActorRestarted",
     "ActorStarted",
     "ActorStopped",
+    "BusGap",
     "BusLagged",
     "DATA_MODELS",
     "Event",
     "EventData",
     "EventType",
+    "GapReason",
     "JobCancelled",
     "JobFailed",
     "JobProgress",
@@ -63,6 +65,7 @@ class EventType(StrEnum):
     ACTOR_CRASHED = "actor.crashed"
     ACTOR_RESTARTED = "actor.restarted"
     BUS_LAGGED = "bus.lagged"
+    BUS_GAP = "bus.gap"
     JOB_QUEUED = "job.queued"
     JOB_STARTED = "job.started"
     JOB_PROGRESS = "job.progress"
@@ -106,6 +109,20 @@ class ModelAvailability(StrEnum):
     REPAIRING = "repairing"
     LOADED = "loaded"
     UNAVAILABLE = "unavailable"
+
+
+class GapReason(StrEnum):
+    """Why numbers in a replay have no event; none of them can be fetched again. ``restart``:
+    reserved by a run that died (unused, or published and not journaled yet); ``retention``:
+    older than the journal keeps; ``damaged``: on a part of the file that could not be read;
+    ``ahead``: beyond this bus's last number (``since`` came from a journal that was lost or
+    replaced: these numbers will name new events); ``missing``: no reason recorded."""
+
+    RESTART = "restart"
+    RETENTION = "retention"
+    DAMAGED = "damaged"
+    AHEAD = "ahead"
+    MISSING = "missing"
 
 
 class VramSource(StrEnum):
@@ -174,6 +191,18 @@ class BusLagged(EventData):
     event_type = EventType.BUS_LAGGED
     dropped: int = Field(ge=1)
     resume_from: int = Field(ge=1)
+
+
+class BusGap(EventData):
+    """Sent to one subscriber only (never journaled), in a replay: the numbers ``from_seq..to_seq``
+    have no event, for ``reason``; asking again will not bring them back. Its envelope seq is
+    ``to_seq`` (a client keeping "the last seq seen" moves past it), except for ``ahead``: the
+    bus's last number, and the client must forget every seq above it."""
+
+    event_type = EventType.BUS_GAP
+    from_seq: int = Field(ge=1)
+    to_seq: int = Field(ge=1)
+    reason: GapReason
 
 
 class JobQueued(EventData):
@@ -301,6 +330,7 @@ DATA_MODELS: dict[EventType, type[EventData]] = {
         ActorCrashed,
         ActorRestarted,
         BusLagged,
+        BusGap,
         JobQueued,
         JobStarted,
         JobProgress,

@@ -60,7 +60,8 @@ def event_json_schema() -> dict[str, Any]:
         "description": (
             "One event of the genvisor bus: {seq, ts, type, data}. `seq` increases by one per "
             "published event; `bus.lagged` is a per-subscriber notice whose seq is the last "
-            "one delivered in order."
+            "one delivered in order; `bus.gap` is a per-subscriber replay marker for numbers "
+            "with no event (never reused), whose seq is the last number it covers."
         ),
         **schema,
     }

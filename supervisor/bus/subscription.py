@@ -12,10 +12,14 @@ Invariants:
   never awaiting) drops the oldest instead;
 - dropped events form one contiguous range ``[first_missed, buffer[0].seq - 1]`` until the
   subscriber next reads, when it receives one ``bus.lagged {dropped, resume_from}`` notice
-  before any later event. A gap in the replay (events already pruned from the journal) is
-  announced the same way. No event is lost unannounced.
-- a notice's envelope seq is ``resume_from - 1``, the last seq delivered in order, so a client
-  that resumes from "the last seq I saw" after a notice gets exactly the missed range back.
+  before any later event. Its envelope seq is ``resume_from - 1``, the last seq delivered in
+  order, so a client that resumes from "the last seq I saw" gets exactly the missed range back.
+- numbers the replay has no event for (older than retention, lost in a crash, on a damaged
+  page) are announced in their place by ``bus.gap {from_seq, to_seq, reason}`` markers, one per
+  reason, with envelope seq ``to_seq``: they cannot be fetched again, so resuming from the
+  marker's seq goes on after them. A ``since`` beyond the bus's last number (from a journal
+  that was lost or replaced) gets one ``ahead`` marker first, with the bus's last number as
+  its envelope seq. No number is skipped unannounced.
 - one task reads a subscription; the bus pushes from the event loop's thread only.
 """
 
@@ -27,12 +31,15 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
-from supervisor.bus.events import BusLagged, Event
+from supervisor.bus.events import BusGap, BusLagged, Event, GapReason
 
-__all__ = ["Fetch", "Subscription"]
+__all__ = ["Describe", "Fetch", "Subscription"]
 
-# Reads up to `limit` events with first <= seq <= until, oldest first.
+# Reads up to `limit` events with first <= seq <= until, oldest first (a damaged range may come
+# as a `BusGap` event in its place).
 Fetch = Callable[[int, int, int], Awaitable[list[Event]]]
+# Why the numbers first..last have no event: (from_seq, to_seq, reason) parts, in order.
+Describe = Callable[[int, int], list[tuple[int, int, GapReason]]]
 
 # A reader that always finds events ready still yields to the event loop this often.
 _YIELD_EVERY = 64
@@ -50,6 +57,7 @@ class Subscription:
         fetch: Fetch,
         clock: Callable[[], float],
         page_size: int = 500,
+        describe: Describe | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"a subscriber buffer holds at least one event, not {capacity}")
@@ -65,9 +73,15 @@ class Subscription:
         self._until = until
         self._replay: deque[Event] = deque()
         self._fetch = fetch
+        self._describe = describe
         self._clock = clock
         self._page_size = page_size
         self._since_yield = 0
+        if since is not None and since > until:
+            # The client numbers from another journal: tell it, before anything else, which of
+            # its numbers this bus will give to new events.
+            ahead = BusGap(from_seq=until + 1, to_seq=since, reason=GapReason.AHEAD)
+            self._replay.append(Event(seq=until, ts=clock(), data=ahead))
 
     @property
     def buffered(self) -> int:
@@ -113,18 +127,36 @@ class Subscription:
             data=BusLagged(dropped=dropped, resume_from=resume_from),
         )
 
+    def _gap(self, first: int, last: int) -> None:
+        parts = (
+            self._describe(first, last)
+            if self._describe is not None
+            else [(first, last, GapReason.MISSING)]
+        )
+        now = self._clock()
+        for low, high, reason in parts:
+            marker = BusGap(from_seq=low, to_seq=high, reason=reason)
+            self._replay.append(Event(seq=high, ts=now, data=marker))
+
     async def _fill_replay(self) -> None:
         cursor, until = self._cursor, self._until
         page = await self._fetch(cursor, until, self._page_size)
         if not page:
-            # The whole remaining range is older than what the journal keeps.
-            self._replay.append(self._notice(until - cursor + 1, cursor))
+            # Nothing left up to `until`: the rest of the range has no events.
+            self._gap(cursor, until)
             self._cursor = until + 1
             return
-        if page[0].seq > cursor:
-            self._replay.append(self._notice(page[0].seq - cursor, cursor))
-        self._replay.extend(page)
-        self._cursor = page[-1].seq + 1
+        expected = cursor
+        for event in page:
+            data = event.data
+            first, last = (
+                (data.from_seq, data.to_seq) if isinstance(data, BusGap) else (event.seq, event.seq)
+            )
+            if first > expected:
+                self._gap(expected, first - 1)
+            self._replay.append(event)
+            expected = last + 1
+        self._cursor = expected
 
     def __aiter__(self) -> Subscription:
         return self

@@ -24,6 +24,7 @@ from supervisor.core.exceptions import ServerUnavailable
 __all__ = ["EventFollower", "StreamRefused", "ws_url"]
 
 LAGGED = "bus.lagged"
+GAP = "bus.gap"
 
 
 class StreamRefused(ServerUnavailable):
@@ -125,6 +126,12 @@ class EventFollower:
                 self._reopen(f"lagged ({event['data'].get('dropped')} events dropped)")
                 return
             seq = event.get("seq")
+            if event.get("type") == GAP and event["data"].get("reason") == "ahead":
+                # The server numbers below what this client saw (its journal was replaced):
+                # follow its numbering from here, or every new event would look old.
+                self.last_seq = seq if isinstance(seq, int) else self.last_seq
+                yield event
+                continue
             if isinstance(seq, int):
                 if self.last_seq is not None and seq <= self.last_seq:
                     continue
