@@ -143,12 +143,18 @@ def _decode(run: JobRun, latents: torch.Tensor) -> npt.NDArray[np.uint8]:
 
 def _save_latents(path: Path, latents: torch.Tensor, run: JobRun) -> None:
     tmp = path.with_name(f".{path.name}.part")
-    save_file(
-        {_LATENTS_KEY: latents.detach().to("cpu", torch.float32).contiguous()},
-        str(tmp),
-        metadata={"job_id": run.job_id, "params": run.request.params.model_dump_json()},
-    )
-    tmp.replace(path)
+    try:
+        save_file(
+            {_LATENTS_KEY: latents.detach().to("cpu", torch.float32).contiguous()},
+            str(tmp),
+            metadata={"job_id": run.job_id, "params": run.request.params.model_dump_json()},
+        )
+        tmp.replace(path)
+    except BaseException:
+        # A failed save (a full disk) leaves no partial file behind. The descriptor is
+        # safetensors' own: its Rust writer closes it on the error path (no fd kept on ENOSPC).
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _resident_now(device: str) -> int | None:

@@ -7,7 +7,9 @@ Three threads:
 - a heartbeat thread sends `Heartbeat` every interval, also while a job runs, so a control
   side that stops hearing them knows the process is stopped or wedged.
 
-If the channel closes (the control process is gone) the worker exits: nobody can use results.
+If the channel closes (the control process is gone, even by `kill -9`) the worker exits at
+once: nobody can use results. That EOF, the `Shutdown` message and the control side's SIGKILL
+are the only ways it ends: SIGINT and SIGTERM are ignored (see `_ignore_stop_signals`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -197,8 +200,19 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _ignore_stop_signals() -> None:
+    """Invariant: the control process alone stops this process. A SIGINT or SIGTERM meant for
+    the whole service (a terminal's Ctrl-C, systemd's default KillMode=control-group signals
+    every process of the unit) would otherwise kill the worker before the control process
+    stops it, and the generator would report a crash and the supervisor restart it during the
+    shutdown. The worker's own session (`spawn`) keeps process-group signals away already."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    _ignore_stop_signals()
     channel = BlockingChannel.from_fd(args.channel_fd)
     baseline = address_space_bytes()
     limit: int | None = None

@@ -133,6 +133,14 @@ async def spawn_worker(launch: WorkerLaunch) -> WorkerHandle:
                 stderr=subprocess.STDOUT,
                 pass_fds=(child.fileno(),),
                 env=env,
+                # Invariant: only the control process decides the worker's fate. In its own
+                # session, a signal sent to the server's process group (Ctrl-C in a terminal,
+                # `timeout`, `kill -- -PGID`) reaches the control process alone, which stops
+                # the worker politely; had the worker died of it first, the generator would
+                # have reported a crash and the supervisor scheduled a restart mid-shutdown.
+                # A worker whose control process is gone (even `kill -9`) still leaves: its
+                # channel reaches EOF (see `actors.worker.main`).
+                start_new_session=True,
             )
     except BaseException:
         parent.close()

@@ -8,14 +8,15 @@ last, so a sidecar's presence means its MP4 is complete. Names derive only from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -55,27 +56,71 @@ def remove_partials(paths: OutputPaths) -> None:
         _temp_name(final).unlink(missing_ok=True)
 
 
-def _encode_mp4(frames: npt.NDArray[np.uint8], fps: int, target: Path) -> None:
-    count, height, width, _ = frames.shape
-    with av.open(str(target), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps, 1))
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = "yuv420p"
-        # Deterministic output: one thread, fixed CRF; same frames give the same bytes.
-        stream.options = {"crf": "18", "preset": "medium", "threads": "1"}
-        for index in range(count):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[index]), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+@contextlib.contextmanager
+def _synced_file(target: Path) -> Iterator[BinaryIO]:
+    """Open `target` for writing; flush and fsync it if the body succeeds; close it always.
 
-
-def _fsync_and_replace(temp: Path, final: Path) -> None:
-    with temp.open("rb") as handle:
+    Invariant: this process opens and closes every output descriptor itself, and PyAV gets
+    only the file object. Given a path, PyAV opens the descriptor in `avio_open` but closes it
+    only for a container whose header was written: a header write that failed (ENOSPC on a full
+    disk) leaked one descriptor per job, pinning the unlinked `.part` file and the volume.
+    """
+    handle = target.open("wb")
+    try:
+        yield handle
+        handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temp, final)
+    except OSError as exc:
+        _close_quietly(handle)
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # A write through a file object names no file; the catalog's message does
+        # ("no space left to write {path}"), so the path goes back in.
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
+    except BaseException:
+        _close_quietly(handle)
+        raise
+    handle.close()
+
+
+def _mux(handle: BinaryIO, frames: npt.NDArray[np.uint8], fps: int) -> None:
+    container = av.open(handle, mode="w", format="mp4")
+    try:
+        _encode_frames(container, frames, fps)
+    except BaseException:
+        _close_quietly(container)
+        raise
+    container.close()  # writes the trailer; its failure (a full disk) is the one to report
+
+
+def _close_quietly(resource: av.container.OutputContainer | BinaryIO) -> None:
+    """Close after a failure, keeping that failure the one reported.
+
+    Both closes release their resource even when they raise: PyAV marks the container done
+    before re-raising a failed trailer write, and a buffered file closes its descriptor after
+    a failed flush. What they would raise (the same full disk again, or PyAV's errno-less
+    `PyAVCallbackError` once the first error is consumed) hides the real cause's errno.
+    """
+    with contextlib.suppress(Exception):
+        resource.close()
+
+
+def _encode_frames(
+    container: av.container.OutputContainer, frames: npt.NDArray[np.uint8], fps: int
+) -> None:
+    count, height, width, _ = frames.shape
+    stream = container.add_stream("libx264", rate=Fraction(fps, 1))
+    stream.width = width
+    stream.height = height
+    stream.pix_fmt = "yuv420p"
+    # Deterministic output: one thread, fixed CRF; same frames give the same bytes.
+    stream.options = {"crf": "18", "preset": "medium", "threads": "1"}
+    for index in range(count):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[index]), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def write_outputs(
@@ -91,10 +136,13 @@ def write_outputs(
     video_tmp = _temp_name(paths.video)
     sidecar_tmp = _temp_name(paths.sidecar)
     try:
-        _encode_mp4(frames, fps, video_tmp)
-        _fsync_and_replace(video_tmp, paths.video)
-        sidecar_tmp.write_text(json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n")
-        _fsync_and_replace(sidecar_tmp, paths.sidecar)
+        with _synced_file(video_tmp) as handle:
+            _mux(handle, frames, fps)
+        os.replace(video_tmp, paths.video)
+        text = json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n"
+        with _synced_file(sidecar_tmp) as handle:
+            handle.write(text.encode())
+        os.replace(sidecar_tmp, paths.sidecar)
     except BaseException:
         remove_partials(paths)
         # A sidecar-less MP4 is an incomplete result: take it back.
