@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from supervisor.core.settings import CONFIG_DIR, Settings
+from supervisor.core.settings import Settings, config_path
 from supervisor.errors import CODE_SPECS, ErrorCode, default_catalog
 
 __all__ = ["SECTIONS", "codes_markdown", "ladder_markdown", "rewrite", "settings_markdown"]
@@ -47,7 +47,7 @@ def codes_markdown() -> str:
 
 
 def ladder_markdown() -> str:
-    with (CONFIG_DIR / "recovery.toml").open("rb") as f:
+    with config_path("recovery.toml").open("rb") as f:
         rungs = tomllib.load(f)["rungs"]
     rows = [
         "| # | rung | devices | tried after an OOM at | changes the video | what it does |",
@@ -67,7 +67,7 @@ def ladder_markdown() -> str:
 
 def _default_comments() -> dict[str, str]:
     comments: dict[str, str] = {}
-    for line in (CONFIG_DIR / "default.toml").read_text().splitlines():
+    for line in config_path("default.toml").read_text().splitlines():
         m = re.match(r"^([a-z_]+)\s*=\s*(.*?)\s*#\s*(.*)$", line)
         if m:
             comments[m.group(1)] = m.group(3)

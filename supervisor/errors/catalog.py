@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from supervisor.core.exceptions import ConfigError
-from supervisor.core.settings import config_path
+from supervisor.core.settings import SHIPPED_CONFIG_DIR, config_path
 from supervisor.errors.categories import ErrorCode
 from supervisor.errors.report import Stage
 
@@ -30,7 +30,7 @@ __all__ = [
     "render",
 ]
 
-DEFAULT_MESSAGES_PATH = Path(__file__).resolve().parents[2] / "config" / "messages.toml"
+DEFAULT_MESSAGES_PATH = SHIPPED_CONFIG_DIR / "messages.toml"
 MAX_SUGGESTIONS = 7
 _UNKNOWN_VALUE = "(unknown)"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from supervisor.core.settings import config_path
+from supervisor.core.settings import SHIPPED_CONFIG_DIR, config_path
 from supervisor.errors.categories import (
     Categorization,
     CategorizationContext,
@@ -35,7 +35,7 @@ from supervisor.errors.type_rules import (
 
 __all__ = ["DEFAULT_PATTERNS_PATH", "Categorizer", "default_categorizer"]
 
-DEFAULT_PATTERNS_PATH = Path(__file__).resolve().parents[2] / "config" / "error_patterns.toml"
+DEFAULT_PATTERNS_PATH = SHIPPED_CONFIG_DIR / "error_patterns.toml"
 
 # Only the head of a message is read: the deciding words come first in every library's wording,
 # and a 4000-character list of missing keys must not cost more than a short message.

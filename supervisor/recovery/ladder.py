@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from supervisor.core.exceptions import ConfigError
 from supervisor.core.params import GenerationParams, Offload, PipelineOptions
-from supervisor.core.settings import CONFIG_DIR
+from supervisor.core.settings import config_path
 from supervisor.errors.report import Stage
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
     "rung_for_failure",
 ]
 
-DEFAULT_LADDER_PATH = CONFIG_DIR / "recovery.toml"
+DEFAULT_LADDER_PATH = config_path("recovery.toml")
 
 
 class RungId(StrEnum):

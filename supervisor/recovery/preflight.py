@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from supervisor.core.exceptions import ConfigError
 from supervisor.core.params import Dtype, GenerationParams, Offload, PipelineOptions
-from supervisor.core.settings import CONFIG_DIR
+from supervisor.core.settings import config_path
 from supervisor.errors.report import Stage
 from supervisor.recovery.ladder import (
     AppliedChange,
@@ -68,7 +68,7 @@ __all__ = [
     "with_scales",
 ]
 
-DEFAULT_PROFILES_PATH = CONFIG_DIR / "memory_profiles.toml"
+DEFAULT_PROFILES_PATH = config_path("memory_profiles.toml")
 DTYPE_BYTES = {Dtype.FLOAT32: 4, Dtype.BFLOAT16: 2, Dtype.FLOAT16: 2}
 GiB = 1024**3
 
