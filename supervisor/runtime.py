@@ -6,10 +6,9 @@ This is the composition root. A host FastAPI app embeds it through `lifespan` an
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import sys
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -28,12 +27,13 @@ from actors.vram_monitor import VramMonitor, WorkerChanged
 from actors.worker.memory_cap import parse_size
 from actors.worker.protocol import Failed, Ready
 from actors.worker.spawn import WorkerLaunch
-from supervisor import __version__
 from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import ActorNotRunning
+from supervisor.core.home_lock import HomeLock
 from supervisor.core.params import PipelineOptions
 from supervisor.core.settings import CONFIG_DIR, Settings
+from supervisor.core.store_health import StoreHealReport
 from supervisor.errors import (
     Categorization,
     CategorizationContext,
@@ -76,6 +76,16 @@ def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: A
     )
 
 
+def _terminate_process(exc: BaseException) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _error_code_of(report: ErrorReport) -> str | None:
     verdict = default_categorizer().categorize(report, CategorizationContext.from_report(report))
     return verdict.code.value
@@ -91,7 +101,17 @@ class Runtime:
         child_specs: list[ChildSpec] | None = None,
     ) -> None:
         self.settings = settings
-        settings.home.mkdir(parents=True, exist_ok=True)
+        # Invariant: the data folder's lock comes before any store opens or worker starts, so
+        # a second instance on the same folder changes nothing before it is refused.
+        self.home_lock = HomeLock(settings.home)
+        self.home_lock.acquire()
+        try:
+            self._open(settings, child_specs)
+        except BaseException:
+            self.home_lock.release()
+            raise
+
+    def _open(self, settings: Settings, child_specs: list[ChildSpec] | None) -> None:
         self.journal = Journal(
             settings.home / "events.sqlite3", retention=settings.journal_retention
         )
@@ -141,6 +161,10 @@ class Runtime:
         )
         self.started_at = time.time()
         self._stopped: anyio.Event | None = None
+        # What ended `run` after start-up, and what is done about it: by default the process
+        # gets SIGTERM, so the ASGI server shuts down the way an operator's stop does.
+        self.fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] = _terminate_process
 
     async def resolve_model(self, model: str, repair: bool) -> ModelChoice:
         """The weights of `model` from the model loader (which verifies them first): repaired
@@ -212,18 +236,6 @@ class Runtime:
         """The options a job starts with before pre-flight or recovery change anything."""
         return PipelineOptions(device=self.device)
 
-    def job_view(self, job: Job) -> dict[str, Any]:
-        view = job.public()
-        view["queue_position"] = self.store.queue_position(job.id)
-        running = self.jobs.running
-        if running is not None and running.id == job.id:
-            view["progress"] = {
-                "stage": running.stage,
-                "step": running.step,
-                "total_steps": running.total_steps,
-            }
-        return view
-
     def _publish(self, data: ev.EventData) -> object:
         # Invariant: the running job's live progress follows its events (one loop, no lock).
         if isinstance(data, ev.JobProgress):
@@ -285,7 +297,7 @@ class Runtime:
         async with anyio.create_task_group() as tg:
             await tg.start(self.bus.run)
             await tg.start(self.supervisor.run)
-            tg.start_soon(self._degrade_for_missing_gpu)
+            tg.start_soon(self._degrade_for_start_findings)
             task_status.started()
             await self._stopped.wait()
             self.supervisor.stop()
@@ -297,6 +309,7 @@ class Runtime:
         with anyio.CancelScope(shield=True):
             await self.bus.aclose()
         self.store.close()
+        self.home_lock.release()
 
     def _purge_old_jobs(self) -> None:
         """Finished jobs (and their files) older than the retention setting are removed."""
@@ -312,14 +325,31 @@ class Runtime:
                 self.settings.job_retention_days,
             )
 
-    async def _degrade_for_missing_gpu(self) -> None:
-        """The VRAM monitor says which memory source it uses; a GPU expected but absent is a
-        degraded reason (and only then)."""
+    def stores(self) -> list[tuple[str, Any]]:
+        """Every durable store with its `heal_report` (damage found at open) and `damage`
+        (corruption met while running). Learned strategies and calibration share one file,
+        healed by the first to open it."""
+        return [
+            ("journal", self.journal),
+            ("jobs", self.store),
+            ("learned strategies", self.strategies),
+            ("calibration", self.accounting.calibration),
+        ]
+
+    async def _degrade_for_start_findings(self) -> None:
+        """What start-up found that serving cannot undo is a degraded reason: a GPU expected
+        but absent (the VRAM monitor says), a store rebuilt from a damaged file (until the
+        next start: the damaged copy is kept aside for a person to look at)."""
         await self.supervisor.wait_settled()
         monitor = self.supervisor.child("vram_monitor")
         reason = getattr(monitor, "degraded_reason", None)
         if reason:
             self.supervisor.tell_nowait(Degrade("gpu", reason))
+        for name, store in self.stores():
+            report: StoreHealReport | None = store.heal_report
+            if report is not None:
+                log.warning("%s", report.reason())
+                self.supervisor.tell_nowait(Degrade(f"store:{name}", report.reason()))
 
     def _resume_interrupted(self) -> None:
         """Jobs a killed server left running go back to the queue, in their order."""
@@ -346,34 +376,24 @@ class Runtime:
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
         """An ASGI lifespan: the runtime runs as a sidecar task group for the app's lifetime."""
         async with anyio.create_task_group() as tg:
-            await tg.start(self.run)
+            await tg.start(self._run_or_exit)
             try:
                 yield
             finally:
                 self.shutdown()
 
-    def state_dump(self) -> dict[str, Any]:
-        dump = self.supervisor.snapshot().as_dict()
-        dump["bus"] = dataclasses.asdict(self.bus.stats)
-        counts = self.store.counts()
-        dump["queue"] = {
-            "waiting": self.store.waiting(),
-            "running": self.jobs.running.id if self.jobs.running else None,
-            **{k: v for k, v in counts.items() if v},
-        }
-        dump["version"] = __version__
-        dump["learned_strategies"] = [
-            {
-                "model": s.key.model,
-                "device": s.key.device,
-                "memory_mib": s.key.memory_mib,
-                "size_bucket": s.key.bucket,
-                "rung": s.rung.value,
-                "successes": s.successes,
-            }
-            for s in self.strategies.all()
-        ]
-        dump["pid"] = os.getpid()
-        # Invariant under test: the control process never imports the heavy libraries.
-        dump["heavy_modules_loaded"] = sorted(m for m in HEAVY_MODULES if m in sys.modules)
-        return dump
+    async def _run_or_exit(self, *, task_status: TaskStatus[None]) -> None:
+        """`run`, and when it fails after start-up (the supervisor, the bus or a store cannot go
+        on) the process is asked to exit: a service manager restarts it, where it heals, instead
+        of a server that answers 500s with nothing behind them."""
+        try:
+            await self.run(task_status=task_status)
+        except Exception as exc:
+            self.fatal = exc
+            log.critical(
+                "genvisor cannot go on (%s: %s); the process exits so that it is started again",
+                type(exc).__name__,
+                _first_leaf(exc),
+                exc_info=exc,
+            )
+            self.on_fatal(exc)

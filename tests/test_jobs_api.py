@@ -213,7 +213,10 @@ def test_queue_full_429_and_halted_503(tmp_path: Path, tiny_model: Path) -> None
         assert "resets it" in refused.json()["message"]
         assert httpx.get(f"{srv.url}/v1/state").status_code == 200
         assert httpx.get(f"{srv.url}/v1/jobs").status_code == 200
-        assert httpx.get(f"{srv.url}/readyz").status_code == 503
+        not_ready = httpx.get(f"{srv.url}/readyz")
+        assert not_ready.status_code == 503
+        assert "the supervisor is halted" in not_ready.json()["reasons"]
+        assert "generator is failed" in not_ready.json()["reasons"]
         assert httpx.post(f"{srv.url}/v1/supervisor/reset").json()["state"] in ("starting", "ready")
         # The job the crash interrupted runs again once the supervisor serves again.
         wait_event(

@@ -114,15 +114,16 @@ def test_token_required_when_exposed(tmp_path: Path) -> None:
 
 
 def test_token_guards_http_and_websocket(tmp_path: Path) -> None:
-    with running_server(tmp_path, GENVISOR_API_TOKEN="s3cret") as server:
+    token = "s3cret-s3cret-s3cret"  # tokens have at least 16 characters
+    with running_server(tmp_path, GENVISOR_API_TOKEN=token) as server:
         assert httpx.get(f"{server.url}/healthz").status_code == 200
         assert httpx.get(f"{server.url}/v1/state").status_code == 401
-        ok = httpx.get(f"{server.url}/v1/state", headers={"Authorization": "Bearer s3cret"})
+        ok = httpx.get(f"{server.url}/v1/state", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200
         with pytest.raises(InvalidStatus):
             _events_until_ready(server.ws_url)
         events = _events_until_ready(
-            server.ws_url, additional_headers={"Authorization": "Bearer s3cret"}
+            server.ws_url, additional_headers={"Authorization": f"Bearer {token}"}
         )
         assert events[-1]["data"]["to"] == "ready"
 

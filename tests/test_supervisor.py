@@ -182,3 +182,34 @@ async def test_shutdown_cancels_a_child_past_its_timeout() -> None:
     assert Quiet.stopped == 1
     stopped = [e.actor for e in rec.events if isinstance(e, ev.ActorStopped)]
     assert stopped == ["stubborn", "quiet"]  # reverse start order
+
+
+async def test_a_child_factory_that_raises_is_a_failed_start_not_a_dead_supervisor() -> None:
+    rec = EventRecorder()
+    attempts: list[int] = []
+
+    def broken() -> Actor:
+        attempts.append(len(attempts))
+        raise OSError(28, "No space left on device")
+
+    specs = [
+        ChildSpec(id="quiet", start=lambda: Quiet("quiet")),
+        ChildSpec(id="broken", start=broken, max_restarts=2, period_s=60.0,
+                  backoff_base_s=0.001, backoff_max_s=0.01),  # fmt: skip
+    ]
+    sup = Supervisor(specs, publish=rec.publish)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run)
+        with anyio.fail_after(30):
+            await rec.wait_state("halted")
+        assert sup.running  # the supervisor itself goes on: it answers, it can be reset
+        assert len(attempts) == 3  # the first start and its two restarts
+        snap = sup.snapshot().as_dict()
+        broken_child = next(c for c in snap["children"] if c["id"] == "broken")
+        assert broken_child["state"] == "failed"
+        assert "No space left on device" in broken_child["last_error"]["message"]
+        quiet = sup.child("quiet")
+        assert quiet is not None
+        assert await quiet.ask("still here", str) == "still here"
+        sup.stop()
+    assert sup.state is State.STOPPED

@@ -7,9 +7,10 @@ also when a host app mounts the router (host apps keep their own handlers for th
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -17,16 +18,33 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from supervisor.errors import Category, ErrorCode, Severity, Stage, TechnicalDetails, UserError
+from supervisor.core.store_health import StoreCorrupted
+from supervisor.errors import (
+    Category,
+    ErrorCode,
+    ErrorReport,
+    Severity,
+    Stage,
+    TechnicalDetails,
+    UserError,
+    explain,
+)
 
 __all__ = [
     "ApiError",
+    "RequestGuard",
     "UserErrorRoute",
     "field_errors_response",
+    "http_error_response",
     "http_exception_handler",
+    "internal_error_response",
+    "json_safe",
     "route_class",
+    "unhandled_exception_handler",
     "user_error_response",
 ]
+
+log = logging.getLogger("genvisor.api")
 
 _FIELD_CODES = {
     "num_frames": ErrorCode.INPUT_FRAMES,
@@ -60,6 +78,28 @@ class ApiError(HTTPException):
         self.job_id = job_id
 
 
+class RequestGuard(Protocol):
+    """A check a route runs on the request headers before its body is read (the API token);
+    also a FastAPI dependency that raises the refusal."""
+
+    def refusal(self, headers: Mapping[str, str]) -> ApiError | None: ...
+
+    def __call__(self, request: Request) -> None: ...
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every string made encodable as UTF-8: a lone UTF-16 surrogate (valid in
+    JSON's ``\\ud800`` escapes and in Python strings, invalid in UTF-8) becomes the text
+    ``\\ud800``. Error bodies echo what the client sent, so they must survive any input."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def user_error_response(
     status_code: int,
     *,
@@ -85,7 +125,33 @@ def user_error_response(
     )
     body = error.model_dump(mode="json")
     body.update(extra or {})
-    return JSONResponse(body, status_code=status_code, headers=dict(headers or {}))
+    return JSONResponse(json_safe(body), status_code=status_code, headers=dict(headers or {}))
+
+
+def internal_error_response(exc: Exception) -> JSONResponse:
+    """500 (503 for a damaged store) with the catalogued UserError for `exc` (categorized like
+    any failure), without its traceback: that goes to the server's log, never to the client."""
+    try:
+        error = explain(ErrorReport.from_exception(exc, stage=Stage.API))
+    except Exception:  # the last resort must not fail itself: fixed words, still a UserError
+        log.exception("explaining a %s failed", type(exc).__name__)
+        return user_error_response(
+            500,
+            code=ErrorCode.UNKNOWN_ERROR,
+            title="Something went wrong",
+            message=f"the server failed with {type(exc).__name__}",
+        )
+    technical = error.technical.model_copy(update={"traceback": ""})
+    body = error.model_copy(update={"technical": technical}).model_dump(mode="json")
+    # A damaged store is the service's condition, not a bug: 503 until the restart heals it.
+    status_code = 503 if isinstance(exc, StoreCorrupted) else 500
+    return JSONResponse(json_safe(body), status_code=status_code)
+
+
+async def unhandled_exception_handler(request: Request, exc: Exception) -> Response:
+    """App-level last resort (Starlette's ServerErrorMiddleware calls it, then re-raises so the
+    server logs the traceback): the client still gets a UserError, never plain text."""
+    return internal_error_response(exc)
 
 
 def field_errors_response(errors: list[dict[str, Any]]) -> JSONResponse:
@@ -115,6 +181,11 @@ def _from_validation(exc: RequestValidationError) -> JSONResponse:
         message = str(err.get("msg", "invalid"))
         if err.get("type") == "json_invalid":
             field, message = "body", "the body is not valid JSON"
+        elif err.get("type") == "string_unicode":
+            message = "must be valid Unicode text (it holds a lone UTF-16 surrogate like \\ud800)"
+            if not loc and isinstance(err.get("input"), str):
+                # An object key: pydantic reports it at the object, with the key as the input.
+                field, message = str(err["input"])[:200], "is not a known field; " + message
         entry: dict[str, Any] = {"field": field, "message": message}
         if "input" in err and isinstance(err["input"], (str, int, float, bool)):
             value = err["input"]
@@ -131,10 +202,12 @@ def _from_validation(exc: RequestValidationError) -> JSONResponse:
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     """App-level handler of the stand-alone server: unknown paths and methods get UserErrors too."""
     assert isinstance(exc, StarletteHTTPException)
-    return _from_http(HTTPException(exc.status_code, detail=exc.detail, headers=exc.headers))
+    plain = HTTPException(exc.status_code, detail=exc.detail, headers=exc.headers)
+    return http_error_response(plain)
 
 
-def _from_http(exc: HTTPException) -> JSONResponse:
+def http_error_response(exc: HTTPException) -> JSONResponse:
+    """The UserError response for an HTTP exception (an `ApiError` keeps its words)."""
     if isinstance(exc, ApiError):
         return user_error_response(
             exc.status_code,
@@ -177,20 +250,32 @@ def _body_refusal(request: Request, limit: int) -> JSONResponse | None:
     return None
 
 
-def route_class(max_body_bytes: int) -> type[UserErrorRoute]:
-    """The route class for one server, with its body limit."""
-    return type("BoundedUserErrorRoute", (UserErrorRoute,), {"max_body_bytes": max_body_bytes})
+def route_class(max_body_bytes: int, guard: RequestGuard | None = None) -> type[UserErrorRoute]:
+    """The route class for one server, with its body limit and its token guard."""
+    return type(
+        "BoundedUserErrorRoute",
+        (UserErrorRoute,),
+        {"max_body_bytes": max_body_bytes, "guard": guard},
+    )
 
 
 class UserErrorRoute(APIRoute):
     # Request bodies larger than this are refused before they are read (413).
     max_body_bytes: int = 65536
+    # A route that lists this guard among its dependencies runs it first, on the headers
+    # alone: a client without the token learns nothing (no 411/413/422) about the body it sent.
+    # The dependency still runs as FastAPI's own (a second, identical check).
+    guard: RequestGuard | None = None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         original = super().get_route_handler()
         limit = self.max_body_bytes
+        guard = self.guard
+        guarded = guard is not None and any(d.dependency is guard for d in self.dependencies)
 
         async def handler(request: Request) -> Response:
+            if guarded and guard is not None and (denied := guard.refusal(request.headers)):
+                return http_error_response(denied)
             refused = _body_refusal(request, limit)
             if refused is not None:
                 return refused
@@ -199,6 +284,17 @@ class UserErrorRoute(APIRoute):
             except RequestValidationError as exc:
                 return _from_validation(exc)
             except HTTPException as exc:
-                return _from_http(exc)
+                return http_error_response(exc)
+            except StarletteHTTPException as exc:
+                # FastAPI's own refusals (a body that is not UTF-8 or not JSON: 400) are
+                # Starlette's class, not FastAPI's: the client's fault, said as such.
+                return http_error_response(
+                    HTTPException(exc.status_code, detail=exc.detail, headers=exc.headers)
+                )
+            except Exception as exc:
+                # Also when a host app mounts the router: its 500s are UserErrors too. Logged
+                # here, with the traceback, because the exception stops here.
+                log.exception("%s %s failed", request.method, request.url.path)
+                return internal_error_response(exc)
 
         return handler

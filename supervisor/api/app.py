@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from supervisor import __version__
-from supervisor.api.api_errors import http_exception_handler
+from supervisor.api.api_errors import http_exception_handler, unhandled_exception_handler
 from supervisor.api.http_api import build_router
-from supervisor.api.security import check_exposure
+from supervisor.api.security import DocsTokenGate, TokenGuard, check_exposure
 from supervisor.core.settings import Settings
 from supervisor.runtime import Runtime
 
@@ -56,5 +56,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     app.state.genvisor = runtime
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    # Last resort for anything outside genvisor's routes (their route class catches its own):
+    # a UserError body, never Starlette's plain-text 500.
+    app.add_exception_handler(Exception, unhandled_exception_handler)
+    if settings.api_token is not None:
+        docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+        paths = frozenset(p for p in docs if p)
+        app.add_middleware(DocsTokenGate, guard=TokenGuard(settings), paths=paths)
     app.include_router(build_router(runtime))
     return app

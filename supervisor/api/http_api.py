@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
+from fastapi import APIRouter, Depends, WebSocket, status
 from fastapi.responses import JSONResponse
 
 from supervisor.api.api_errors import ApiError, route_class
 from supervisor.api.jobs_api import add_job_routes
 from supervisor.api.models_api import add_model_routes
-from supervisor.api.security import bearer_token, origin_allowed, token_valid
-from supervisor.bus.websocket_stream import stream_events
+from supervisor.api.security import TokenGuard, origin_allowed
+from supervisor.api.state_view import readiness, state_dump
+from supervisor.bus.websocket_stream import (
+    POLICY_VIOLATION,
+    close_explaining,
+    parse_since,
+    stream_events,
+)
 from supervisor.core.exceptions import InvalidTransition
 from supervisor.errors import ErrorCode
 from supervisor.runtime import Runtime
@@ -20,24 +26,15 @@ from supervisor.supervision.state_machine import State
 
 __all__ = ["build_router"]
 
-SERVING_STATES = frozenset({State.READY, State.DEGRADED})
-
 
 def build_router(runtime: Runtime) -> APIRouter:
     settings = runtime.settings
 
-    def require_token(request: Request) -> None:
-        if not token_valid(settings, bearer_token(request.headers)):
-            raise ApiError(
-                status.HTTP_401_UNAUTHORIZED,
-                code=ErrorCode.CONFIG_INVALID,
-                title="A valid API token is required",
-                message="send 'Authorization: Bearer <token>' (the server's GENVISOR_API_TOKEN)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    guarded = [Depends(require_token)]
-    router = APIRouter(route_class=route_class(settings.max_request_bytes))
+    # Routes that list `guarded` need the token (when one is set); the route class checks it
+    # before the body is read. Open: /healthz and /readyz only.
+    guard = TokenGuard(settings)
+    guarded = [Depends(guard)]
+    router = APIRouter(route_class=route_class(settings.max_request_bytes, guard))
     add_job_routes(router, runtime, guarded)
     add_model_routes(router, runtime, guarded)
 
@@ -48,18 +45,15 @@ def build_router(runtime: Runtime) -> APIRouter:
 
     @router.get("/readyz", tags=["health"], response_model=None)
     async def readyz() -> JSONResponse:
-        """200 while the supervisor serves (ready or degraded), else 503."""
-        snap = runtime.supervisor.snapshot()
-        ok = snap.state in SERVING_STATES
-        return JSONResponse(
-            {"ready": ok, "state": snap.state.value, "degraded_reasons": snap.degraded_reasons},
-            status_code=200 if ok else 503,
-        )
+        """200 while the service can take and run jobs (ready or degraded, every part working),
+        else 503 with each reason it cannot."""
+        verdict = readiness(runtime)
+        return JSONResponse(verdict, status_code=200 if verdict["ready"] else 503)
 
     @router.get("/v1/state", tags=["supervisor"], dependencies=guarded)
     async def get_state() -> dict[str, Any]:
         """The state dump: supervisor state, history, children, queue and bus."""
-        return runtime.state_dump()
+        return state_dump(runtime)
 
     @router.post("/v1/supervisor/reset", tags=["supervisor"], dependencies=guarded)
     async def reset() -> dict[str, Any]:
@@ -76,11 +70,13 @@ def build_router(runtime: Runtime) -> APIRouter:
         return {"state": new_state.value}
 
     @router.websocket("/v1/events")
-    async def events(
-        websocket: WebSocket,
-        since: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-    ) -> None:
-        """Replay events with seq > since from the journal, then stream live events."""
+    async def events(websocket: WebSocket, since: str | None = None) -> None:
+        """Replay events with seq > since from the journal, then stream live events.
+
+        Checked in this order: the Origin, then the token (each refused before accepting: a
+        403, and no socket is ever opened for them), then ``since``, parsed here rather than by
+        FastAPI, whose refusal would be that same bare 403: a bad one is accepted only to be
+        closed with 1008 and a reason the client can print."""
         allowed = origin_allowed(
             websocket.headers.get("origin"),
             host_header=websocket.headers.get("host"),
@@ -88,11 +84,16 @@ def build_router(runtime: Runtime) -> APIRouter:
             allowed=settings.allowed_origins,
         )
         if not allowed:
-            await websocket.close(code=1008, reason="origin not allowed")
+            await websocket.close(code=POLICY_VIOLATION, reason="origin not allowed")
             return
-        if not token_valid(settings, bearer_token(websocket.headers)):
-            await websocket.close(code=1008, reason="a valid API token is required")
+        if guard.refusal(websocket.headers) is not None:
+            await websocket.close(code=POLICY_VIOLATION, reason="a valid API token is required")
             return
-        await stream_events(websocket, runtime.bus, since)
+        try:
+            start = parse_since(since)
+        except ValueError as exc:
+            await close_explaining(websocket, f"since {exc}")
+            return
+        await stream_events(websocket, runtime.bus, start)
 
     return router

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from supervisor.api.api_errors import ApiError, field_errors_response
+from supervisor.api.state_view import job_view
 from supervisor.core.params import JOB_ID_PATTERN, GenerationParams
 from supervisor.errors import ErrorCode
 from supervisor.jobs import Job, JobStatus, new_job_id
@@ -197,7 +198,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
         """Jobs, newest first, optionally of one status."""
         jobs = runtime.store.list(status=status_filter, limit=limit, offset=offset)
         return {
-            "jobs": [runtime.job_view(j) for j in jobs],
+            "jobs": [job_view(runtime, j) for j in jobs],
             "limit": limit,
             "offset": offset,
             "counts": runtime.store.counts(),
@@ -206,7 +207,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
     @router.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=guarded, name="get_job")
     async def get_job(job_id: str) -> dict[str, Any]:
         """Status, progress, attempts, applied changes, and the UserError if it failed."""
-        return runtime.job_view(_job_or_404(job_id))
+        return job_view(runtime, _job_or_404(job_id))
 
     @router.post(
         "/v1/jobs/{job_id}/cancel",
@@ -227,7 +228,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
                 message=str(exc),
                 job_id=job_id,
             ) from None
-        return runtime.job_view(_job_or_404(job_id))
+        return job_view(runtime, _job_or_404(job_id))
 
     @router.get(
         "/v1/jobs/{job_id}/output", tags=["jobs"], dependencies=guarded, response_class=FileResponse

@@ -10,15 +10,54 @@ the latter case the server closes the socket with 1001 (going away).
 
 from __future__ import annotations
 
+import re
+
 import anyio
 import anyio.abc
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from supervisor.bus.event_bus import EventBus
 
-__all__ = ["GOING_AWAY", "stream_events"]
+__all__ = [
+    "GOING_AWAY",
+    "MAX_SINCE",
+    "POLICY_VIOLATION",
+    "close_explaining",
+    "parse_since",
+    "stream_events",
+]
 
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+# SQLite integers are 64-bit: a larger seq would fail in the journal query, not be refused.
+MAX_SINCE = 2**62
+_WHOLE = re.compile(r"[0-9]{1,19}")
+# RFC 6455: a close frame's reason is at most 123 bytes of UTF-8.
+_MAX_REASON_BYTES = 123
+
+
+def parse_since(raw: str | None) -> int | None:
+    """The ``?since=`` of a subscription: None (live only) or a whole number 0..MAX_SINCE.
+    Raises ValueError with what is allowed and the value given ("must be ..., got 'abc'")."""
+    if raw is None:
+        return None
+    if _WHOLE.fullmatch(raw) and int(raw) <= MAX_SINCE:
+        return int(raw)
+    raise ValueError(f"must be a whole number from 0 to 2**62, got {raw[:40]!r}")
+
+
+async def close_explaining(websocket: WebSocket, reason: str) -> None:
+    """Accept `websocket` only to close it at once with 1008 and `reason`, for a request that is
+    allowed (Origin and token checked) but malformed: the close reason is what every client,
+    browsers included, can read and print, where a refusal before accepting is a bare 403
+    that reads like an Origin or token refusal. Nothing is streamed.
+
+    (Not an HTTP denial response: browsers can not read its body, and uvicorn's
+    websockets-sansio protocol logs a spurious "returned without completing handshake" error
+    after each one.)"""
+    await websocket.accept()
+    short = reason.encode("utf-8", "backslashreplace")[:_MAX_REASON_BYTES]
+    await websocket.close(code=POLICY_VIOLATION, reason=short.decode("utf-8", "ignore"))
 
 
 async def _watch_disconnect(

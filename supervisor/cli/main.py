@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from supervisor.core.exceptions import ConfigError, ServerUnavailable
+from supervisor.core.exceptions import ConfigError, HomeInUse, PortInUse, ServerUnavailable
 
 __all__ = ["main"]
 
@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ServerUnavailable as exc:
         print(f"genvisor: {exc}. Start it with `genvisor serve`.", file=sys.stderr)
+        return 1
+    except (HomeInUse, PortInUse) as exc:
+        print(f"genvisor: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

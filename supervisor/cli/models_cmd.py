@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from supervisor.cli.argument_types import whole_number
-from supervisor.cli.models_store_cmds import add_store_commands
+from supervisor.cli.models_store_cmds import add_store_commands, holding_home
 from supervisor.core.settings import load_settings
 
 __all__ = ["MODEL_ACTIONS", "register", "tiny_model_dir"]
@@ -51,7 +51,15 @@ def _register_make_tiny(actions: ActionParsers) -> None:
 
 def _run_make_tiny(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else None
-    out: Path = args.out or tiny_model_dir(load_settings(config).home)
+    home = load_settings(config).home
+    out: Path = args.out or tiny_model_dir(home)
+    if not out.resolve().is_relative_to(home.resolve()):
+        return _make_tiny(args, out)
+    with holding_home(home):
+        return _make_tiny(args, out)
+
+
+def _make_tiny(args: argparse.Namespace, out: Path) -> int:
     # Imported here: the builder needs torch, the rest of the CLI must not load it.
     from actors.worker.tiny_wan import (
         DEFAULT_FFN_DIM,

@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeAlias
 
+from supervisor.core.home_lock import HomeLock
 from supervisor.core.settings import CONFIG_DIR, Settings, load_settings
 
-__all__ = ["add_store_commands"]
+__all__ = ["add_store_commands", "holding_home", "owning_home"]
 
 ActionParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Action: TypeAlias = Callable[[argparse.Namespace], int]
 
 
 def add_store_commands(actions: ActionParsers) -> None:
@@ -25,7 +29,7 @@ def add_store_commands(actions: ActionParsers) -> None:
     p.set_defaults(func=_run_list)
     p = actions.add_parser("pull", help="download a model into the Hugging Face cache")
     p.add_argument("name")
-    p.set_defaults(func=_run_pull)
+    p.set_defaults(func=owning_home(_run_pull))
     p = actions.add_parser("verify", help="check sizes, safetensors headers (--deep: sha256)")
     p.add_argument("name")
     p.add_argument("--deep", action="store_true")
@@ -33,11 +37,33 @@ def add_store_commands(actions: ActionParsers) -> None:
     p.set_defaults(func=_run_verify)
     p = actions.add_parser("repair", help="quarantine bad files and fetch (or rebuild) them")
     p.add_argument("name")
-    p.set_defaults(func=_run_repair)
+    p.set_defaults(func=owning_home(_run_repair))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(Path(args.config) if getattr(args, "config", None) else None)
+
+
+def owning_home(action: Action) -> Action:
+    """`action` holding the data folder's lock: a command that writes the model store never
+    runs beside a server on the same folder (the server's `POST /v1/models/NAME/pull` does the
+    same work through it). A held lock is `HomeInUse`, one line from `genvisor`'s main."""
+
+    def locked(args: argparse.Namespace) -> int:
+        with holding_home(_settings(args).home):
+            return action(args)
+
+    return locked
+
+
+@contextmanager
+def holding_home(home: Path) -> Iterator[None]:
+    lock = HomeLock(home)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _run_list(args: argparse.Namespace) -> int:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import socket
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["register"]
+from supervisor.core.exceptions import PortInUse
+
+__all__ = ["EXIT_FATAL", "check_port_free", "register"]
+
+# The runtime could not go on (sysexits' EX_SOFTWARE): a service manager starts it again.
+EXIT_FATAL = 70
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(Path(args.config) if args.config else None, overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
+    # The data folder's lock (inside create_app) comes first: a second genvisor on the same
+    # folder is refused before anything else; then the port, before any worker starts.
     app = create_app(settings)
+    check_port_free(settings.host, settings.port)
+    app.state.genvisor.home_lock.describe(url=f"http://{_url_host(settings.host)}:{settings.port}")
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -44,7 +55,45 @@ def run(args: argparse.Namespace) -> int:
     )
     server = _GracefulServer(config)
     server.run()
+    if app.state.genvisor.fatal is not None:
+        return EXIT_FATAL
     return 0 if server.started else 1
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise `PortInUse` (saying whether a genvisor answers there) when `port` is taken.
+
+    uvicorn would find it only after the lifespan started a worker, and then exit with a raw
+    log line; a bind test first costs nothing. Port 0 (any free one) cannot be taken.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # The same option uvicorn binds with: a port in TIME_WAIT is free for both.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise PortInUse(host=host, port=port, genvisor=_genvisor_answers(host, port))
+
+
+def _genvisor_answers(host: str, port: int) -> bool:
+    import httpx
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    try:
+        r = httpx.get(f"http://{_url_host(target)}:{port}/healthz", timeout=1.0)
+        return r.status_code == 200 and r.json() == {"status": "alive"}
+    except (httpx.HTTPError, ValueError):
+        return False
 
 
 def _graceful_server_class() -> type:

@@ -73,6 +73,9 @@ def render_state(body: dict[str, Any]) -> None:
     )
     for key, reason in body.get("degraded_reasons", {}).items():
         console.print(f"  [yellow]degraded[/]: {key}: {escape(reason)}")
+    # The same verdict as /readyz: a state that reads READY with a part down is not ready.
+    for reason in body.get("readiness", {}).get("reasons", []):
+        console.print(f"  [red]not ready[/]: {escape(reason)}")
     failures = [h for h in body.get("history", []) if h["to_state"] == "failed"]
     if failures:
         last = failures[-1]

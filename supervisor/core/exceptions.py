@@ -18,11 +18,15 @@ and keeps it as attributes, so handlers read facts rather than parse messages::
     ├── UnsupportedOption(option=, value=, device=, reason=)
     ├── JobCancelled(job_id=, stage=)
     ├── ServerUnavailable(url=, reason=)
+    ├── HomeInUse(home=, pid=, url=, since=)
+    ├── PortInUse(host=, port=, genvisor=)
     ├── MemorySourceUnavailable(source=, reason=)
     └── WeightsHeaderError(path=, reason=)
 """
 
 from __future__ import annotations
+
+import time
 
 __all__ = [
     "MemorySourceUnavailable",
@@ -34,9 +38,11 @@ __all__ = [
     "BusClosed",
     "ConfigError",
     "GenvisorError",
+    "HomeInUse",
     "InvalidTransition",
     "JobCancelled",
     "MailboxFull",
+    "PortInUse",
     "ProtocolError",
     "ServerUnavailable",
     "UnsupportedOption",
@@ -200,3 +206,36 @@ class WeightsHeaderError(GenvisorError):
         self.path = path
         self.reason = reason
         super().__init__(f"cannot read the safetensors header of {path}: {reason}")
+
+
+class HomeInUse(GenvisorError):
+    """Another genvisor owns this data folder (its lock is held)."""
+
+    def __init__(self, *, home: str, pid: int | None, url: str | None, since: float | None) -> None:
+        self.home = home
+        self.pid = pid
+        self.url = url
+        self.since = since
+        facts = [f"pid {pid}"] if pid else []
+        if url:
+            facts.append(f"serving {url}")
+        if since:
+            facts.append(f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}")
+        who = "another genvisor" + (f" ({', '.join(facts)})" if facts else "")
+        super().__init__(
+            f"{who} uses the data folder {home}; stop it first, or give this one its own "
+            "folder with GENVISOR_HOME"
+        )
+
+
+class PortInUse(GenvisorError):
+    """The port to serve on is taken, by a genvisor or by another program."""
+
+    def __init__(self, *, host: str, port: int, genvisor: bool) -> None:
+        self.host = host
+        self.port = port
+        self.genvisor = genvisor
+        by = "a genvisor answers there" if genvisor else "by another program"
+        super().__init__(
+            f"port {port} on {host} is in use — {by}; choose another with --port or GENVISOR_PORT"
+        )

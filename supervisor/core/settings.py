@@ -7,13 +7,16 @@ allowed. Every setting is flat (one TOML key, one variable) so that `GENVISOR_<N
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,7 +27,9 @@ from supervisor.core.exceptions import ConfigError
 
 __all__ = ["CONFIG_DIR", "SHIPPED_CONFIG_DIR", "Settings", "config_path", "load_settings"]
 
-SHIPPED_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+# The config shipped with genvisor is package data (`supervisor/config`, a link to the top-level
+# `config/` in a checkout, real files in a wheel): found the same way installed or not.
+SHIPPED_CONFIG_DIR = Path(str(resources.files("supervisor") / "config"))
 CONFIG_DIR = Path(os.environ.get("GENVISOR_CONFIG_DIR", SHIPPED_CONFIG_DIR))
 
 
@@ -35,6 +40,16 @@ def config_path(name: str) -> Path:
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+MIN_TOKEN_CHARS = 16
+# Printable ASCII without spaces: HTTP header values are bytes, so a non-ASCII token could not
+# be sent as the same text it was configured as.
+_TOKEN = re.compile(rf"[!-~]{{{MIN_TOKEN_CHARS},}}")
+TOKEN_RULE = (
+    f"api_token (GENVISOR_API_TOKEN) must be at least {MIN_TOKEN_CHARS} printable ASCII "
+    "characters without spaces; make one with "
+    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+)
 
 
 def _default_home() -> Path:
@@ -109,6 +124,16 @@ class Settings(BaseSettings):
     # Worker memory cap ("2GiB"; empty = none): CUDA memory fraction, or RLIMIT_AS on the CPU.
     device_memory_limit: str = Field(default="", pattern=r"^(|\s*\d+(\.\d+)?\s*[A-Za-z]*\s*)$")
 
+    @field_validator("api_token")
+    @classmethod
+    def _token_strong_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short token can be guessed over the network; an empty one, or one with spaces at
+        # either end, could never be presented (the Authorization value is stripped), so spaces
+        # are refused altogether. The error (TOKEN_RULE) never repeats the token.
+        if value is not None and not _TOKEN.fullmatch(value.get_secret_value()):
+            raise PydanticCustomError("api_token_weak", TOKEN_RULE)
+        return value
+
     @field_validator("allowed_origins")
     @classmethod
     def _origins_have_scheme(cls, value: list[str]) -> list[str]:
@@ -174,7 +199,7 @@ def load_settings(
     """Build the settings; raise ConfigError naming the first bad key."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for path in (CONFIG_DIR / "default.toml", config_file):
+    for path in (config_path("default.toml"), config_file):
         if path is None:
             continue
         data = _read_toml(path)
@@ -206,4 +231,20 @@ def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigErr
     env_name = f"GENVISOR_{top.upper()}"
     source = "environment " + env_name if env_name in os.environ else sources.get(top, "")
     value = os.environ.get(env_name, first.get("input"))
+    if top in _SECRET_FIELDS:
+        # A secret is never printed, not even a refused one: only its length.
+        value = _Hidden(len(value) if isinstance(value, str) else 0)
     return ConfigError(key=key, value=value, allowed=first["msg"], source=source)
+
+
+_SECRET_FIELDS = frozenset({"api_token", "hf_token"})
+
+
+class _Hidden:
+    """Stands for a secret's value in an error message (its repr shows only the length)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __repr__(self) -> str:
+        return f"<hidden, {self.length} characters>"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["State", "Trigger"]
+__all__ = ["SERVING_STATES", "State", "Trigger"]
 
 
 class State(StrEnum):
@@ -37,3 +37,7 @@ class Trigger(StrEnum):
     RESET = "reset"  # halted -> starting (operator)
     STOP = "stop"
     STOPPED = "stopped"
+
+
+# Where the service takes and runs jobs (with every part working: see `Runtime.readiness`).
+SERVING_STATES = frozenset({State.READY, State.DEGRADED})

@@ -126,10 +126,13 @@ class Supervisor(JobFailurePipeline, Actor):
         self.spawn(lambda: self._run_child(record, record.generation), name=record.spec.id)
 
     async def _run_child(self, record: ChildRecord, generation: int) -> None:
-        actor = record.spec.start()
-        record.actor = actor
         kind, report = ExitKind.NORMAL, None
+        scope: anyio.CancelScope | None = None
         try:
+            # Invariant: a factory that raises is a child that failed to start (restarted
+            # within its intensity), never an exception that takes the supervisor down.
+            actor = record.spec.start()
+            record.actor = actor
             with anyio.CancelScope() as scope:
                 record.scope = scope
                 async with anyio.create_task_group() as tg:
@@ -141,7 +144,7 @@ class Supervisor(JobFailurePipeline, Actor):
         finally:
             if record.done is not None:
                 record.done.set()
-        if scope.cancelled_caught:
+        if scope is not None and scope.cancelled_caught:
             return
         self._tell(ChildExited(record.spec.id, generation, kind, report))
 
