@@ -25,13 +25,17 @@ def _rungs(job: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class _Attempt:
-    """One oversized job and the small job run after it (once a halted supervisor is reset)."""
+    """One oversized job, the state it left, and the small job run after it."""
 
     done: dict[str, Any]
     took: float
     retries: list[dict[str, Any]]
-    halted: bool
+    state: dict[str, Any]
     follow: dict[str, Any]
+
+    @property
+    def halted(self) -> bool:
+        return self.state.get("state") == "halted"
 
     @property
     def error(self) -> dict[str, Any]:
@@ -40,11 +44,9 @@ class _Attempt:
 
 
 def _attempt(srv: Server, result: FaultResult, body: dict[str, Any], limit: float) -> _Attempt:
-    """Submit `body`; then, as an operator would after a halt, reset; then a small job must run.
-    A job that fits at no rung ends the ladder: the supervisor halts (issue 6: "degraded or
-    halted"), an operator resets it, and it serves again."""
-    if srv.state().get("state") == "halted":  # each fault starts from a serving server
-        srv.http.post("/v1/supervisor/reset")
+    """Submit `body`; then a small job must run, with no operator in between. A job that fits
+    at no rung fails alone with its numbers (issue 12: halted is for infrastructure that keeps
+    failing, never for one job): the service keeps serving."""
     srv.wait_serving()
     feed = srv.events()
     began = time.monotonic()
@@ -52,12 +54,11 @@ def _attempt(srv: Server, result: FaultResult, body: dict[str, Any], limit: floa
     done = srv.wait_job(job, limit=limit)
     took = time.monotonic() - began
     retries = [e["data"] for e in feed.of_job(job, "job.retrying")]
-    halted = srv.state().get("state") == "halted"
+    state = srv.state()
     if srv.http.get("/healthz").status_code != 200:
         result.fail("the control process stopped answering")
-    if halted:
-        srv.http.post("/v1/supervisor/reset")
-        srv.wait_serving()
+    if state.get("state") == "halted":
+        result.fail("one job that does not fit halted the whole service")
     after = srv.submit(SMALL)
     follow = srv.wait_job(after, limit=60)
     result.jobs_accepted += 2
@@ -65,7 +66,7 @@ def _attempt(srv: Server, result: FaultResult, body: dict[str, Any], limit: floa
     result.recovery_s = took
     if follow["type"] != "job.succeeded":
         result.fail("a small job after it did not succeed")
-    return _Attempt(done, took, retries, halted, follow)
+    return _Attempt(done, took, retries, state, follow)
 
 
 def _oom(srv: Server, result: FaultResult, body: dict[str, Any], stage: str) -> None:
@@ -78,19 +79,18 @@ def _oom(srv: Server, result: FaultResult, body: dict[str, Any], stage: str) -> 
     code = run.error.get("code")
     result.observed = (
         f"{run.done['type']} {code or ''} in {run.took:.1f}s; retries: {seen}; "
-        f"changes {changes}; {'halted, reset; ' if run.halted else ''}"
-        f"next job {run.follow['type']}; state {srv.state_brief()}"
+        f"changes {changes}; next job {run.follow['type']}; state {srv.state_brief()}"
     )
     if run.done["type"] == "job.succeeded":
         if not changes:
             result.fail(f"succeeded without any memory change: no OOM at {stage} happened")
     elif code != "VRAM.EXHAUSTED":
         result.fail(f"failed with {code}, not a clear VRAM.EXHAUSTED")
-    elif run.halted and not run.retries and not changes:
-        # The ladder may be walked up front (pre-flight) or after real failures; halting with
+    elif not (run.retries or changes or run.error.get("technical", {}).get("rule") == "preflight"):
+        # The ladder may be walked up front (pre-flight) or after real failures; a failure with
         # neither means nothing was tried. After pre-flight, a failure at a stage no remaining
         # rung can lower gives up at once (the job failed at decode with only fewer_steps left).
-        result.fail("halted without trying any rung")
+        result.fail("failed without trying any rung")
     result.survived = not result.notes
 
 
@@ -105,15 +105,16 @@ def oom_at_denoise(srv: Server, result: FaultResult) -> None:
 def oom_at_load(srv: Server, result: FaultResult, model: str) -> None:
     """A cap that leaves less than loading `model` needs: the load fails for real (the
     allocator refuses under RLIMIT_AS). No rung lowers a load on a CPU, so the job fails at once
-    with a clear VRAM.EXHAUSTED at stage load and the numbers; the supervisor halts, a reset
-    brings it back, and a small model still runs under the same cap."""
+    with a clear VRAM.EXHAUSTED at stage load and the numbers; the model is marked unusable
+    (degraded, with the reason), and a small model still runs under the same cap, no reset."""
     run = _attempt(srv, result, {**SMALL, "model": model}, limit=120)
     technical = run.error.get("technical") or {}
     stage = technical.get("stage")
     result.observed = (
         f"{run.done['type']} {run.error.get('code', '')} at {stage} ({technical.get('type')}) "
         f"in {run.took:.1f}s, {len(run.retries)} retries: {str(run.error.get('message'))[:110]}; "
-        f"{'halted, reset; ' if run.halted else ''}tiny-wan next: {run.follow['type']}"
+        f"{run.state.get('state')} {sorted(run.state.get('degraded_reasons') or {})}; "
+        f"tiny-wan next: {run.follow['type']}"
     )
     if run.done["type"] == "job.succeeded":
         result.reproducible = False
@@ -127,4 +128,6 @@ def oom_at_load(srv: Server, result: FaultResult, model: str) -> None:
         result.fail("the message does not say that loading the model needs more memory")
     if run.retries:
         result.fail("re-ran a load that no rung can shrink")
+    if f"model:{model}" not in (run.state.get("degraded_reasons") or {}):
+        result.fail("the model that cannot load is not named among the degraded reasons")
     result.survived = not result.notes

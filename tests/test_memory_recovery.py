@@ -41,37 +41,33 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert stored is not None
         rungs = [c["rung"] for c in stored.changes]
         assert "vae_tiling" in rungs
+        # The seeded pre-flight figures are low (bench/recovery.py: about -58 %), so on a fresh
+        # home the job starts as asked and really runs out of address space at decode.
         retries = _of_job(log, "job.retrying", first.id)
-        if retries:  # it ran out of memory at baseline, then recovered
-            assert retries[0].error_code == "VRAM.EXHAUSTED"  # type: ignore[attr-defined]
-            change = retries[0].change  # type: ignore[attr-defined]
-            assert change["rung"] == "vae_tiling"
-            assert "because memory ran out at VAE decode" in change["description"]
-            assert change["decode_only"] is True
-            # The transition out of recovering follows job.succeeded in the same step: wait for
-            # it to reach this subscriber rather than read the log at the first event.
-            await log.wait_for(lambda: "degraded" in log.states(), "recovering -> degraded")
-            walk = log.states()
-            assert walk[walk.index("failed") :][:4] == [
-                "failed",
-                "categorizing",
-                "recovering",
-                "degraded",
-            ]
-            # Decode-only retry: the two denoising steps ran once, not twice.
-            denoise = [
-                p
-                for p in _of_job(log, "job.progress", first.id)
-                if p.stage.value == "denoise" and p.step  # type: ignore[attr-defined]
-            ]
-            assert len(denoise) == 2
-            assert (
-                runtime.supervisor.snapshot()
-                .degraded_reasons["memory"]
-                .startswith("decoded the video in tiles")
-            )
-        else:  # pre-flight started it at the tiling rung
-            assert stored.changes[0]["origin"] == "preflight"
+        assert len(retries) == 1, "expected one real out-of-memory at baseline, then tiling"
+        assert retries[0].error_code == "VRAM.EXHAUSTED"  # type: ignore[attr-defined]
+        change = retries[0].change  # type: ignore[attr-defined]
+        assert change["rung"] == "vae_tiling"
+        assert "because memory ran out at VAE decode" in change["description"]
+        assert change["decode_only"] is True
+        # The transition out of recovering follows job.succeeded in the same step: wait for it
+        # to reach this subscriber rather than read the log at the first event.
+        await log.wait_for(
+            lambda: log.states()[-1:] == ["ready"] and "recovering" in log.states(),
+            "recovering -> ready",
+        )
+        walk = log.states()
+        assert walk[walk.index("failed") :][:4] == ["failed", "categorizing", "recovering", "ready"]
+        # A recovery that worked leaves the service whole: the learned strategy keeps what the
+        # job needed, nothing is "degraded".
+        assert runtime.supervisor.snapshot().degraded_reasons == {}
+        # Decode-only retry: the two denoising steps ran once, not twice.
+        denoise = [
+            p
+            for p in _of_job(log, "job.progress", first.id)
+            if p.stage.value == "denoise" and p.step  # type: ignore[attr-defined]
+        ]
+        assert len(denoise) == 2
         assert stored.result is not None
         assert stored.result["options_used"]["vae_tiling"] is True
         succeeded = _of_job(log, "job.succeeded", first.id)

@@ -31,7 +31,7 @@ class Trigger(StrEnum):
     DISMISS_DEGRADED = "dismiss_degraded"  # same, while degraded reasons remain
     RECOVERED = "recovered"  # recovering -> ready
     RECOVERED_DEGRADED = "recovered_degraded"  # recovering -> degraded
-    GIVE_UP = "give_up"  # nothing left to try -> halted
+    GIVE_UP = "give_up"  # infrastructure keeps failing (restart intensity) -> halted
     DEGRADE = "degrade"  # ready -> degraded (a reason appeared)
     RESTORE = "restore"  # degraded -> ready (every reason cleared)
     RESET = "reset"  # halted -> starting (operator)

@@ -9,15 +9,14 @@ supervisor's state machine, from the supervisor's own loop.
 from __future__ import annotations
 
 from actors.generator import JobOutcome
+from supervisor.errors import Stage
 from supervisor.jobs import Job
+from supervisor.recovery.diagnosis import Diagnosis
 from supervisor.recovery.planner import RecoveryPlanner
 from supervisor.supervision.job_flow import JobFlow
 from supervisor.supervision.state_machine import State, StateMachine, Trigger
 
-__all__ = ["CAPABILITY_KEPT", "JobFailurePipeline"]
-
-# Recoveries after which the service is whole again (nothing was reduced to make the job run).
-CAPABILITY_KEPT = frozenset({"repair_model", "fallback_model"})
+__all__ = ["JobFailurePipeline"]
 
 
 class JobFailurePipeline:
@@ -50,10 +49,10 @@ class JobFailurePipeline:
                 if self.state is State.READY:
                     self._fire(Trigger.DEGRADE, reason=stand_in)
             self._end_job_recovery(job, ok=True)
-            if not job.changes and self.degraded_reasons.pop("memory", None) is not None:
-                # A job ran as asked again: the reduced capability is over.
+            if self.degraded_reasons.pop(f"model:{job.model}", None) is not None:
+                # The model loads again (a larger cap, memory freed): usable again.
                 if self.state is State.DEGRADED and not self.degraded_reasons:
-                    self._fire(Trigger.RESTORE, reason=f"job {job.id} ran without changes")
+                    self._fire(Trigger.RESTORE, reason=f"job {job.id} loaded {job.model}")
         elif outcome.failed is not None:
             self._job_failed(job, outcome)
 
@@ -74,9 +73,20 @@ class JobFailurePipeline:
         self._fire(Trigger.CATEGORIZE, reason=diagnosis.category, error_code=diagnosis.code)
         step = self._plan_recovery(job, diagnosis, outcome.failed)
         if step is not None and step.give_up:
+            # Invariant: a job that fits at no rung fails alone, with its numbers; the service
+            # stays up. A model that cannot even load is a capability missing (degraded, with
+            # the reason) until a job of it succeeds. Halted is for infrastructure that keeps
+            # failing (restart intensity), never for one job.
             self.jobs.recovering_job_id = None
-            self.jobs.fail(job, step.final_error or diagnosis)
-            self._fire(Trigger.GIVE_UP, reason=step.description, error_code=diagnosis.code)
+            final = step.final_error or diagnosis
+            self.jobs.fail(job, final)
+            if report.stage is Stage.LOAD:
+                self.degraded_reasons[f"model:{job.model}"] = _unloadable(job.model, final)
+            self._fire(
+                Trigger.DISMISS_DEGRADED if self.degraded_reasons else Trigger.DISMISS,
+                reason=step.description,
+                error_code=diagnosis.code,
+            )
             return
         if step is None:
             self.jobs.recovering_job_id = None
@@ -97,10 +107,9 @@ class JobFailurePipeline:
         if self.jobs.recovering_job_id != job.id or self.state is not State.RECOVERING:
             return
         self.jobs.recovering_job_id = None
-        reduced = [c for c in job.changes if c.get("rung") not in CAPABILITY_KEPT]
-        if ok and reduced:
-            # Serving with less memory headroom than asked: degraded until a job runs as asked.
-            self.degraded_reasons["memory"] = reduced[-1]["description"]
+        # Invariant: a recovery that worked leaves the service whole: what the job needed is
+        # kept in the learned strategies and the job's own changes, not in degraded reasons
+        # (degraded means a capability is missing, and pages whoever alerts on it).
         self._fire(
             Trigger.RECOVERED_DEGRADED if self.degraded_reasons else Trigger.RECOVERED,
             reason=f"job {job.id} {'succeeded' if ok else 'was cancelled'} after recovery",
@@ -108,3 +117,8 @@ class JobFailurePipeline:
 
     def _facts(self) -> dict[str, object]:
         return {}
+
+
+def _unloadable(model: str, diagnosis: Diagnosis) -> str:
+    message = str(diagnosis.user_error.get("message") or diagnosis.code)
+    return f"{model} cannot be loaded here: {message}"
