@@ -96,14 +96,6 @@ class JobOutcome:
     model: ModelChoice | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """Asked for by the state dump and the drill: the live worker, if any."""
-
-    pid: int | None
-    job_id: str | None
-
-
 class Generator(Actor):
     def __init__(
         self,
@@ -134,6 +126,8 @@ class Generator(Actor):
         # (requested model name, what stands for it) of the pipeline the worker holds.
         self._loaded: tuple[str, ModelChoice] | None = None
         self._last_heartbeat = 0.0
+        # Heartbeats received from every worker of this actor (the state dump shows it).
+        self.heartbeats = 0
         self._last_rss: int | None = None
         self._expected_exit = False
         self._stopping = False
@@ -180,6 +174,7 @@ class Generator(Actor):
             if worker is not None
             else None,
             "worker_rss_bytes": self._last_rss,
+            "heartbeats": self.heartbeats,
             "model": self._loaded[0] if self._loaded else None,
         }
 
@@ -191,18 +186,9 @@ class Generator(Actor):
                 await self._run(message)
             case CancelJob():
                 await self._cancel(message.job_id)
-            case WorkerInfo():
-                return self._info()
             case _:
                 raise TypeError(f"generator got an unknown message {message!r}")
         return None
-
-    def _info(self) -> WorkerInfo:
-        worker = self.worker
-        return WorkerInfo(
-            pid=worker.pid if worker is not None else None,
-            job_id=self._job.job_id if self._job else None,
-        )
 
     async def _run(self, job: RunJob) -> None:
         if self._job is not None:
@@ -298,6 +284,7 @@ class Generator(Actor):
             self._last_heartbeat = self._clock()
             match msg:
                 case Heartbeat():
+                    self.heartbeats += 1
                     self._last_rss = msg.rss_bytes
                 case Progress():
                     self._publish(

@@ -61,6 +61,14 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         # A recovery that worked leaves the service whole: the learned strategy keeps what the
         # job needed, nothing is "degraded".
         assert runtime.supervisor.snapshot().degraded_reasons == {}
+        # Every attempt and its result is an event (DESIGN.md, failure pipeline step 4).
+        await log.wait_for(
+            lambda: bool(_of_job(log, "recovery.result", first.id)), "recovery.result"
+        )
+        attempts = _of_job(log, "recovery.attempt", first.id)
+        results = _of_job(log, "recovery.result", first.id)
+        assert [(a.step, a.error_code) for a in attempts] == [("vae_tiling", "VRAM.EXHAUSTED")]  # type: ignore[attr-defined]
+        assert [(r.step, r.ok) for r in results] == [("vae_tiling", True)]  # type: ignore[attr-defined]
         # Decode-only retry: the two denoising steps ran once, not twice.
         denoise = [
             p

@@ -8,7 +8,11 @@ supervisor's state machine, from the supervisor's own loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from actors.generator import JobOutcome
+from supervisor.bus import events as ev
 from supervisor.errors import Stage
 from supervisor.jobs import Job
 from supervisor.recovery.diagnosis import Diagnosis
@@ -22,6 +26,7 @@ __all__ = ["JobFailurePipeline"]
 class JobFailurePipeline:
     # Provided by Supervisor.
     jobs: JobFlow | None
+    _publish: Callable[[ev.EventData], object]
     machine: StateMachine
     degraded_reasons: dict[str, str]
     _plan_recovery: RecoveryPlanner
@@ -62,7 +67,7 @@ class JobFailurePipeline:
         assert outcome.failed is not None
         report = outcome.failed.report
         applied = tuple(c["action"] for c in job.changes if c.get("action"))
-        diagnosis = self.jobs.diagnose(report, applied=applied, facts=self._facts())
+        diagnosis = self.jobs.diagnose(report, applied=applied)
         # A MemoryError carries no message: its class is then the most telling word.
         detail = report.message[:200] or report.exc_type
         reason = f"job {job.id} failed at {report.stage.value}: {detail}"
@@ -87,6 +92,11 @@ class JobFailurePipeline:
                 reason=step.description,
                 error_code=diagnosis.code,
             )
+            if job.changes:
+                last = _step_name(job.changes[-1])
+                self._publish(
+                    ev.RecoveryResult(job_id=job.id, step=last, ok=False, detail=step.description)
+                )
             return
         if step is None:
             self.jobs.recovering_job_id = None
@@ -100,6 +110,11 @@ class JobFailurePipeline:
         step.apply(job)
         self.jobs.recovering_job_id = job.id
         self._fire(Trigger.PLAN, reason=step.description, error_code=diagnosis.code)
+        self._publish(
+            ev.RecoveryAttempt(
+                job_id=job.id, step=_step_name(step.change), error_code=diagnosis.code
+            )
+        )
         self.jobs.retry(job, reason=step.description, code=diagnosis.code, change=step.change)
 
     def _end_job_recovery(self, job: Job, *, ok: bool) -> None:
@@ -110,13 +125,18 @@ class JobFailurePipeline:
         # Invariant: a recovery that worked leaves the service whole: what the job needed is
         # kept in the learned strategies and the job's own changes, not in degraded reasons
         # (degraded means a capability is missing, and pages whoever alerts on it).
+        outcome = f"job {job.id} {'succeeded' if ok else 'was cancelled'} after recovery"
         self._fire(
             Trigger.RECOVERED_DEGRADED if self.degraded_reasons else Trigger.RECOVERED,
-            reason=f"job {job.id} {'succeeded' if ok else 'was cancelled'} after recovery",
+            reason=outcome,
         )
+        last = _step_name(job.changes[-1]) if job.changes else "retry"
+        self._publish(ev.RecoveryResult(job_id=job.id, step=last, ok=ok, detail=outcome))
 
-    def _facts(self) -> dict[str, object]:
-        return {}
+
+def _step_name(change: dict[str, Any] | None) -> str:
+    """The rung (or repair) a change made, as the recovery events name it."""
+    return str((change or {}).get("rung") or "retry")
 
 
 def _unloadable(model: str, diagnosis: Diagnosis) -> str:

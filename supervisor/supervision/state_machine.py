@@ -112,9 +112,6 @@ class StateMachine:
     def state(self) -> State:
         return State(self._model.state)
 
-    def can_fire(self, trigger: Trigger) -> bool:
-        return trigger.value in self._machine.get_triggers(self._model.state)
-
     def fire(
         self, trigger: Trigger, *, reason: str = "", error_code: str | None = None
     ) -> TransitionRecord:

@@ -249,9 +249,7 @@ class Supervisor(JobFailurePipeline, Actor):
         if self.jobs is not None and self.jobs.running is not None and message.report is not None:
             if self.jobs.running.id == self.jobs.recovering_job_id:
                 self.jobs.recovering_job_id = None
-            self.jobs.worker_died(
-                message.report, self.jobs.diagnose(message.report, facts=self._facts())
-            )
+            self.jobs.worker_died(message.report, self.jobs.diagnose(message.report))
         what = message.report.message if message.report is not None else "exited normally"
         self._publish(ev.ActorCrashed(actor=record.spec.id, error_code=code, message=what))
         if self.state in (State.HALTED, State.STOPPING, State.STOPPED):
