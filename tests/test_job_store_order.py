@@ -1,0 +1,69 @@
+"""The job store's queue order and restart recovery, on a real SQLite file (fast, no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supervisor.core.params import GenerationParams
+from supervisor.jobs import Job, JobStatus, JobStore
+
+PARAMS = GenerationParams(prompt="a boat", width=32, height=32, num_frames=5, steps=2)
+
+
+def _job(name: str, *, created: float, priority: int = 0) -> Job:
+    return Job(id=name, model="tiny-wan", params=PARAMS, priority=priority, created_ts=created)
+
+
+def _drain(store: JobStore) -> list[str]:
+    order = []
+    while (job := store.next_queued()) is not None:
+        order.append(job.id)
+        job.status = JobStatus.SUCCEEDED
+        store.save(job)
+    return order
+
+
+def test_priority_first_then_age_then_arrival(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for job in (
+        _job("old", created=1.0),
+        _job("urgent", created=5.0, priority=2),
+        _job("tie-a", created=3.0),
+        _job("tie-b", created=3.0),  # same timestamp: the one submitted first goes first
+        _job("new", created=9.0),
+    ):
+        store.submit(job)
+    assert [store.queue_position(j) for j in ("urgent", "old", "tie-a", "tie-b", "new")] == [
+        1, 2, 3, 4, 5,
+    ]  # fmt: skip
+    assert store.waiting() == 5
+    assert _drain(store) == ["urgent", "old", "tie-a", "tie-b", "new"]
+    assert store.queue_position("old") is None  # not waiting any more
+    assert store.queue_position("missing") is None
+    store.close()
+
+
+def test_a_retry_keeps_its_place_and_running_jobs_come_back_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore(path)
+    for name, created in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        store.submit(_job(name, created=created))
+    first = store.next_queued()
+    assert first is not None
+    assert first.id == "a"
+    first.status = JobStatus.RUNNING
+    store.save(first)
+    assert store.next_queued().id == "b"  # type: ignore[union-attr]
+    first.status = JobStatus.RETRYING  # an attempt failed: queued again, ahead of later jobs
+    store.save(first)
+    assert store.next_queued().id == "a"  # type: ignore[union-attr]
+    first.status = JobStatus.RUNNING
+    store.save(first)
+    store.close()  # the server dies with "a" running
+
+    again = JobStore(path)
+    assert [j.id for j in again.recover_interrupted()] == ["a"]
+    assert again.get("a").status is JobStatus.INTERRUPTED  # type: ignore[union-attr]
+    assert _drain(again) == ["a", "b", "c"]
+    assert again.counts()["succeeded"] == 3
+    again.close()
