@@ -108,7 +108,7 @@ class Generator(Actor):
         cancel_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         on_worker: Callable[[Ready], None] | None = None,
-        on_resolved: Callable[[str, Path], None] | None = None,
+        on_resolved: Callable[[str, Path], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__("generator")
         self._launch = launch
@@ -222,7 +222,7 @@ class Generator(Actor):
                 return
             self._loaded = (job.model, choice)
             if self._on_resolved is not None:
-                self._on_resolved(choice.name, choice.path)
+                await self._on_resolved(choice.name, choice.path)
             await self.worker.send(
                 Load(model_path=str(choice.path), model_name=choice.name, options=job.options)
             )
@@ -290,7 +290,7 @@ class Generator(Actor):
                     self._publish(
                         ev.JobProgress(
                             job_id=msg.job_id,
-                            stage=ev.JobStage(msg.stage.value),
+                            stage=msg.stage,
                             step=msg.step,
                             total_steps=msg.total,
                             elapsed_s=msg.elapsed_s,

@@ -28,7 +28,7 @@ SAMPLES: list[ev.EventData] = [
     ev.BusGap(from_seq=11, to_seq=1000, reason=ev.GapReason.RESTART),
     ev.JobQueued(job_id="j1", position=0),
     ev.JobStarted(job_id="j1", attempt=1, model="tiny-wan", options={"steps": 2, "w": 32}),
-    ev.JobProgress(job_id="j1", stage=ev.JobStage.DENOISE, step=1, total_steps=2, elapsed_s=0.3),
+    ev.JobProgress(job_id="j1", stage=ev.Stage.DENOISE, step=1, total_steps=2, elapsed_s=0.3),
     ev.JobRetrying(
         job_id="j1",
         attempt=2,

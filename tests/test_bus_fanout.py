@@ -17,15 +17,15 @@ from supervisor.bus import (
     EventType,
     GapReason,
     JobProgress,
-    JobStage,
     Journal,
     Subscription,
 )
 from supervisor.core.exceptions import BusClosed
+from supervisor.core.stages import Stage
 
 
 def _progress(step: int) -> JobProgress:
-    return JobProgress(job_id="j", stage=JobStage.DENOISE, step=step, elapsed_s=0.0)
+    return JobProgress(job_id="j", stage=Stage.DENOISE, step=step, elapsed_s=0.0)
 
 
 async def _take(subscription: Subscription, count: int) -> list[Event]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.bus import Event, EventBus, JobProgress, JobStage, Journal
+from supervisor.bus import Event, EventBus, JobProgress, Journal
+from supervisor.core.stages import Stage
 
 
 def _events(first: int, last: int) -> list[Event]:
@@ -16,7 +17,7 @@ def _events(first: int, last: int) -> list[Event]:
         Event(
             seq=n,
             ts=1000.0 + n,
-            data=JobProgress(job_id="j", stage=JobStage.DENOISE, step=n, elapsed_s=0.0),
+            data=JobProgress(job_id="j", stage=Stage.DENOISE, step=n, elapsed_s=0.0),
         )
         for n in range(first, last + 1)
     ]
@@ -67,10 +68,10 @@ async def test_bus_continues_the_journal_numbering_and_flushes_on_close(tmp_path
     path = tmp_path / "journal.sqlite3"
     async with EventBus(Journal(path)) as bus:
         for step in range(3):
-            bus.publish(JobProgress(job_id="j", stage=JobStage.LOAD, step=step, elapsed_s=0))
+            bus.publish(JobProgress(job_id="j", stage=Stage.LOAD, step=step, elapsed_s=0))
     async with EventBus(Journal(path)) as bus:
         assert bus.last_seq == 3
-        event = bus.publish(JobProgress(job_id="j", stage=JobStage.SAVE, elapsed_s=1))
+        event = bus.publish(JobProgress(job_id="j", stage=Stage.SAVE, elapsed_s=1))
         assert event.seq == 4
         # Replay across the restart comes from SQLite (the new bus's ring starts at seq 4).
         replayed = await bus.replay(0)

@@ -13,7 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor.bus import BusGap, Event, EventBus, GapReason, JobProgress, JobStage, Journal
+from supervisor.bus import BusGap, Event, EventBus, GapReason, JobProgress, Journal
+from supervisor.core.stages import Stage
 from supervisor.core.store_health import StoreHealReport
 
 TOTAL = 3000
@@ -22,7 +23,7 @@ TOTAL = 3000
 def _event(n: int) -> Event:
     # Bodies of varied length, so rows do not line up with page boundaries.
     data = JobProgress(
-        job_id=f"job-{n}-" + "x" * (n % 37), stage=JobStage.DENOISE, step=n, elapsed_s=0.5
+        job_id=f"job-{n}-" + "x" * (n % 37), stage=Stage.DENOISE, step=n, elapsed_s=0.5
     )
     return Event(seq=n, ts=1_700_000_000.0 + n, data=data)
 

@@ -24,16 +24,16 @@ from supervisor.bus import (
     EventBus,
     GapReason,
     JobProgress,
-    JobStage,
     Journal,
     Subscription,
 )
 from supervisor.bus.reservation import ReservationFile
+from supervisor.core.stages import Stage
 from tests.server_process import free_port, running_server
 
 
 def _progress(step: int) -> JobProgress:
-    return JobProgress(job_id="j", stage=JobStage.DENOISE, step=step, elapsed_s=0.0)
+    return JobProgress(job_id="j", stage=Stage.DENOISE, step=step, elapsed_s=0.0)
 
 
 def _crash(journal: Journal) -> None:

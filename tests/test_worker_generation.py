@@ -21,7 +21,6 @@ from actors.worker.protocol import (
     Generate,
     GenerationParams,
     Heartbeat,
-    JobStage,
     Load,
     Loaded,
     Offload,
@@ -30,6 +29,7 @@ from actors.worker.protocol import (
     WorkerMessage,
 )
 from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
+from supervisor.core.stages import Stage
 
 pytestmark = pytest.mark.slow
 
@@ -96,13 +96,13 @@ async def test_small_job_writes_playable_mp4_sidecar_and_progress_in_order(
 
     progress = [(m.stage, m.step, m.total) for m in seen if isinstance(m, Progress)]
     assert progress == [
-        (JobStage.ENCODE, None, None),
-        (JobStage.DENOISE, 1, 2),
-        (JobStage.DENOISE, 2, 2),
-        (JobStage.DECODE, None, None),
-        (JobStage.SAVE, None, None),
+        (Stage.ENCODE, None, None),
+        (Stage.DENOISE, 1, 2),
+        (Stage.DENOISE, 2, 2),
+        (Stage.DECODE, None, None),
+        (Stage.SAVE, None, None),
     ]
-    assert list(done.timings) == [JobStage.ENCODE, JobStage.DENOISE, JobStage.DECODE, JobStage.SAVE]
+    assert list(done.timings) == [Stage.ENCODE, Stage.DENOISE, Stage.DECODE, Stage.SAVE]
 
     frames = read_frames(Path(done.output_path))
     assert len(frames) == 5
@@ -184,7 +184,7 @@ async def test_cancel_mid_denoise_stops_at_next_step_and_leaves_no_file(
     with anyio.fail_after(120):
         while True:
             msg = await worker.receive()
-            if isinstance(msg, Progress) and msg.stage is JobStage.DENOISE:
+            if isinstance(msg, Progress) and msg.stage is Stage.DENOISE:
                 assert msg.step is not None
                 steps.append(msg.step)
                 if len(steps) == 1:
@@ -192,7 +192,7 @@ async def test_cancel_mid_denoise_stops_at_next_step_and_leaves_no_file(
             if isinstance(msg, TERMINAL):
                 break
     assert isinstance(msg, Cancelled), msg
-    assert msg.stage is JobStage.DENOISE
+    assert msg.stage is Stage.DENOISE
     # The flag is read at each step's end: the loop stops at the step running when the cancel
     # arrived (plus the steps that ran while the message was in flight), far before the end.
     assert steps[-1] < long_job.steps
@@ -246,8 +246,8 @@ async def test_decode_oom_under_cap_keeps_latents_and_tiled_decode_only_succeeds
         done = seen[-1]
         assert isinstance(done, Done), done
         assert [m.stage for m in seen if isinstance(m, Progress)] == [
-            JobStage.DECODE,
-            JobStage.SAVE,
+            Stage.DECODE,
+            Stage.SAVE,
         ]
         # Heartbeats keep coming from their own thread while the decode holds the job thread.
         busy = [m for m in seen if isinstance(m, Heartbeat) and m.busy_job_id == "job-big-retry"]

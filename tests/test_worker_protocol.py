@@ -21,7 +21,6 @@ from actors.worker.protocol import (
     Generate,
     GenerationParams,
     Heartbeat,
-    JobStage,
     Load,
     Loaded,
     Offload,
@@ -36,7 +35,8 @@ from actors.worker.protocol import (
     encode_message,
 )
 from supervisor.core.exceptions import ConfigError, ProtocolError
-from supervisor.errors.report import ErrorReport, Stage
+from supervisor.core.stages import Stage
+from supervisor.errors.report import ErrorReport
 
 PARAMS = GenerationParams(prompt="a red fox", width=32, height=32, num_frames=5, steps=2, seed=3)
 OPTIONS = PipelineOptions(vae_tiling=True, offload=Offload.NONE)
@@ -60,19 +60,19 @@ def _report() -> ErrorReport:
 WORKER_MESSAGES = [
     Ready(pid=12, device="cpu", torch_version="2", diffusers_version="0.4"),
     Heartbeat(ts=1.5, rss_bytes=10, busy_job_id="j-1", last_progress_ts=1.0),
-    Progress(job_id="j-1", stage=JobStage.DENOISE, step=1, total=2, elapsed_s=0.1),
-    StageTiming(job_id="j-1", stage=JobStage.DECODE, seconds=0.2),
+    Progress(job_id="j-1", stage=Stage.DENOISE, step=1, total=2, elapsed_s=0.1),
+    StageTiming(job_id="j-1", stage=Stage.DECODE, seconds=0.2),
     Done(
         job_id="j-1",
         output_path="/o/j-1.mp4",
         sidecar_path="/o/j-1.json",
-        timings={JobStage.ENCODE: 0.1, JobStage.SAVE: 0.2},
+        timings={Stage.ENCODE: 0.1, Stage.SAVE: 0.2},
         peak_memory_bytes=5,
         params_used=PARAMS,
         options_used=OPTIONS,
     ),
     Failed(job_id="j-1", report=_report(), latents_path="/o/j-1.latents.safetensors"),
-    Cancelled(job_id="j-1", stage=JobStage.DENOISE),
+    Cancelled(job_id="j-1", stage=Stage.DENOISE),
     Loaded(model="tiny-wan", options=OPTIONS, load_s=0.3, reloaded=False),
 ]
 

@@ -33,12 +33,12 @@ from actors.worker.protocol import (
     Done,
     Failed,
     Generate,
-    JobStage,
     Progress,
     StageTiming,
 )
 from actors.worker.video_output import OutputPaths, output_paths, remove_partials, write_outputs
 from supervisor.core.exceptions import JobCancelled
+from supervisor.core.stages import Stage
 from supervisor.errors.report import ErrorReport
 
 __all__ = ["JobRun", "run_generation"]
@@ -58,24 +58,24 @@ class JobRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     last_progress_ts: float | None = None
     started: float = field(default_factory=time.perf_counter)
-    timings: dict[JobStage, float] = field(default_factory=dict)
+    timings: dict[Stage, float] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
         return self.request.job_id
 
-    def progress(self, stage: JobStage, step: int | None = None, total: int | None = None) -> None:
+    def progress(self, stage: Stage, step: int | None = None, total: int | None = None) -> None:
         self.last_progress_ts = time.time()
         elapsed = time.perf_counter() - self.started
         self.emit(
             Progress(job_id=self.job_id, stage=stage, step=step, total=total, elapsed_s=elapsed)
         )
 
-    def check_cancel(self, stage: JobStage) -> None:
+    def check_cancel(self, stage: Stage) -> None:
         if self.cancel.is_set():
             raise JobCancelled(job_id=self.job_id, stage=stage.value)
 
-    def timed(self, stage: JobStage, started: float) -> None:
+    def timed(self, stage: Stage, started: float) -> None:
         seconds = time.perf_counter() - started
         self.timings[stage] = seconds
         self.emit(StageTiming(job_id=self.job_id, stage=stage, seconds=seconds))
@@ -102,7 +102,7 @@ def _denoise(run: JobRun, positive: torch.Tensor, negative: torch.Tensor | None)
     def on_step_end(
         pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        run.progress(JobStage.DENOISE, step + 1, params.steps)
+        run.progress(Stage.DENOISE, step + 1, params.steps)
         if run.cancel.is_set():
             # WanPipeline skips every remaining step once its interrupt flag is up.
             pipeline._interrupt = True
@@ -223,7 +223,7 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(device))
     resident_at_start = _resident_now(device)
-    stage = JobStage.ENCODE
+    stage = Stage.ENCODE
     latents: torch.Tensor | None = None
     failure: ErrorReport | None = None
     try:
@@ -235,19 +235,19 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
             positive, negative = _encode(run)
             run.timed(stage, started)
             run.check_cancel(stage)
-            stage = JobStage.DENOISE
+            stage = Stage.DENOISE
             started = time.perf_counter()
             latents = _denoise(run, positive, negative)
             del positive, negative
             run.timed(stage, started)
             run.check_cancel(stage)
-        stage = JobStage.DECODE
+        stage = Stage.DECODE
         run.progress(stage)
         started = time.perf_counter()
         frames = _decode(run, latents)
         run.timed(stage, started)
         run.check_cancel(stage)
-        stage = JobStage.SAVE
+        stage = Stage.SAVE
         run.progress(stage)
         started = time.perf_counter()
         write_outputs(paths, frames, request.params.fps, _sidecar(run, paths, len(frames)))
@@ -259,7 +259,7 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
         remove_partials(paths)
         failure = ErrorReport.from_exception(
             exc,
-            stage=stage.error_stage,
+            stage=stage,
             device=device,
             job_id=run.job_id,
             context={"model": run.model_name},
@@ -286,9 +286,9 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
 
 
 def _keep_latents(
-    run: JobRun, stage: JobStage, latents: torch.Tensor | None, paths: OutputPaths
+    run: JobRun, stage: Stage, latents: torch.Tensor | None, paths: OutputPaths
 ) -> str | None:
-    if stage is not JobStage.DECODE or latents is None:
+    if stage is not Stage.DECODE or latents is None:
         return None
     if run.request.decode_only_from is not None:
         return run.request.decode_only_from

@@ -10,7 +10,6 @@ Invariant: this module imports no torch/diffusers — the control process import
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -29,7 +28,8 @@ from supervisor.core.params import (
     PipelineOptions,
 )
 from supervisor.core.params import FrozenModel as _Frozen
-from supervisor.errors.report import ErrorReport, Stage
+from supervisor.core.stages import Stage
+from supervisor.errors.report import ErrorReport
 
 __all__ = [
     "JOB_ID_PATTERN",
@@ -43,7 +43,6 @@ __all__ = [
     "Generate",
     "GenerationParams",
     "Heartbeat",
-    "JobStage",
     "Load",
     "Loaded",
     "Offload",
@@ -60,17 +59,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-
-
-class JobStage(StrEnum):
-    ENCODE = "encode"
-    DENOISE = "denoise"
-    DECODE = "decode"
-    SAVE = "save"
-
-    @property
-    def error_stage(self) -> Stage:
-        return Stage(self.value)
 
 
 # --- control -> worker -------------------------------------------------------------------
@@ -138,7 +126,7 @@ class Heartbeat(_Frozen):
 class Progress(_Frozen):
     kind: Literal["progress"] = "progress"
     job_id: str
-    stage: JobStage
+    stage: Stage
     step: int | None = None
     total: int | None = None
     elapsed_s: float
@@ -147,7 +135,7 @@ class Progress(_Frozen):
 class StageTiming(_Frozen):
     kind: Literal["stage_timing"] = "stage_timing"
     job_id: str
-    stage: JobStage
+    stage: Stage
     seconds: float
 
 
@@ -156,7 +144,7 @@ class Done(_Frozen):
     job_id: str
     output_path: str
     sidecar_path: str
-    timings: dict[JobStage, float]
+    timings: dict[Stage, float]
     peak_memory_bytes: int
     # How far memory rose above what was in use when the job started (this job's own peak):
     # what pre-flight calibration compares its activation estimate with. None: not measurable.
@@ -176,7 +164,7 @@ class Failed(_Frozen):
 class Cancelled(_Frozen):
     kind: Literal["cancelled"] = "cancelled"
     job_id: str
-    stage: JobStage | None = None
+    stage: Stage | None = None
 
 
 class Loaded(_Frozen):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from supervisor.core.stages import Stage
 from supervisor.core.states import State
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "JobProgress",
     "JobQueued",
     "JobRetrying",
-    "JobStage",
     "JobStarted",
     "JobSucceeded",
     "ModelAvailability",
@@ -85,17 +85,6 @@ class EventType(StrEnum):
 
 # The states of the supervisor's machine: one enum, defined with the machine.
 SupervisorStateName = State
-
-
-class JobStage(StrEnum):
-    """Where a running job is; the order is the order of a generation."""
-
-    QUEUED = "queued"
-    LOAD = "load"
-    ENCODE = "encode"
-    DENOISE = "denoise"
-    DECODE = "decode"
-    SAVE = "save"
 
 
 class ModelAvailability(StrEnum):
@@ -222,7 +211,7 @@ class JobStarted(EventData):
 class JobProgress(EventData):
     event_type = EventType.JOB_PROGRESS
     job_id: str
-    stage: JobStage
+    stage: Stage
     step: int | None = None
     total_steps: int | None = None
     elapsed_s: float = Field(ge=0)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno as errno_module
 import time
 import traceback as traceback_module
-from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from supervisor.core.stages import Stage
 
 __all__ = ["ErrorReport", "Stage", "qualified_name"]
 
@@ -20,21 +21,6 @@ __all__ = ["ErrorReport", "Stage", "qualified_name"]
 # raising frame is), so a report stays small enough for an event and a journal row.
 MAX_TRACEBACK_CHARS = 8000
 MAX_MESSAGE_CHARS = 4000
-
-
-class Stage(StrEnum):
-    """Where in the product a failure happened."""
-
-    LOAD = "load"
-    ENCODE = "encode"
-    DENOISE = "denoise"
-    DECODE = "decode"
-    SAVE = "save"
-    DOWNLOAD = "download"
-    API = "api"
-    STARTUP = "startup"
-    WORKER = "worker"
-    UNKNOWN = "unknown"
 
 
 def qualified_name(cls: type) -> str:

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from supervisor.core.params import GenerationParams, PipelineOptions
+from supervisor.core.stages import Stage
 
 __all__ = ["TERMINAL", "Job", "JobStatus", "new_job_id"]
 
@@ -57,7 +58,7 @@ class Job:
     requested: GenerationParams | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    stage: str | None = None
+    stage: Stage | None = None
     step: int | None = None
     total_steps: int | None = None
 

@@ -94,7 +94,7 @@ class JobFlow:
         job.status = JobStatus.RUNNING
         job.attempts += 1
         job.started_ts = job.started_ts or self._clock()
-        job.stage, job.step, job.total_steps = "load", None, job.params.steps
+        job.stage, job.step, job.total_steps = Stage.LOAD, None, job.params.steps
         message = RunJob(
             job_id=job.id,
             model=job.model,
@@ -150,7 +150,7 @@ class JobFlow:
             )
         return None
 
-    def progress(self, job_id: str, stage: str, step: int | None) -> None:
+    def progress(self, job_id: str, stage: Stage, step: int | None) -> None:
         if self.running is not None and self.running.id == job_id:
             self.running.stage, self.running.step = stage, step
 
@@ -174,7 +174,7 @@ class JobFlow:
         job.finished_ts = self._clock()
         job.output_path = done.output_path
         job.decode_only_from = None
-        job.stage = "done"
+        job.stage = None  # finished: no stage; its status says how it ended
         job.result = {
             "output": Path(done.output_path).name,
             "sidecar": Path(done.sidecar_path).name,
