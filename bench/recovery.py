@@ -121,7 +121,7 @@ async def _run(runtime: Runtime, log: EventLog, job: Job, label: str) -> dict[st
     result = stored.result
     progress(
         f"{label}: {wall:.1f}s, retries {len(retries)}, "
-        f"changes {[(c['rung'], c['origin']) for c in stored.changes]}, "
+        f"changes {[(c.rung, c.origin.value) for c in stored.changes]}, "
         f"peak RSS +{(after['VmHWM'] - before['VmRSS']) / MiB:.0f} MiB"
     )
     return {
@@ -129,7 +129,7 @@ async def _run(runtime: Runtime, log: EventLog, job: Job, label: str) -> dict[st
         # Up to the first failure's job.retrying event: the attempt that ran out of memory.
         "until_retry_s": retries[0].perf - started if retries else None,
         "retries": [r.event.data.error_code for r in retries],  # type: ignore[attr-defined]
-        "changes": [(c["rung"], c["origin"], c.get("decode_only")) for c in stored.changes],
+        "changes": [(c.rung, c.origin.value, c.decode_only) for c in stored.changes],
         "denoise_steps_run": len(denoise_steps),
         "timings": result["timings"],
         "params_used": GenerationParams.model_validate(result["params_used"]),

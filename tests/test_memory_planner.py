@@ -65,7 +65,7 @@ def _walk(recovery: MemoryRecovery, job: Job, stage: Stage = Stage.DENOISE) -> l
         assert step.change is not None
         job.changes.append(step.change)
         job.attempts += 1
-        rungs.append(step.change["rung"])
+        rungs.append(step.change.rung)
     return rungs
 
 
@@ -127,7 +127,7 @@ def _walk_once(recovery: MemoryRecovery, job: Job, stage: Stage) -> str:
     step.apply(job)
     job.changes.append(step.change)
     job.attempts += 1
-    return str(step.change["rung"])
+    return str(step.change.rung)
 
 
 def test_bounded_by_max_attempts(tmp_path: Path) -> None:
@@ -159,15 +159,15 @@ def test_decode_oom_keeps_latents_only_when_the_rung_keeps_the_generation(
     assert step is not None
     assert step.change is not None
     step.apply(job)
-    assert step.change["rung"] == "vae_tiling"
-    assert step.change["decode_only"] is True
+    assert step.change.rung == "vae_tiling"
+    assert step.change.decode_only is True
     assert job.decode_only_from == "/data/x.latents.safetensors"
     job.rungs_tried = ["vae_tiling", "layerwise_fp8"]
     step = recovery.plan(job, OOM, _failed(Stage.DECODE, latents="/data/x.latents.safetensors"))
     assert step is not None
     assert step.change is not None
     step.apply(job)
-    assert step.change["rung"] == "fewer_frames"
+    assert step.change.rung == "fewer_frames"
     assert job.decode_only_from is None  # fewer frames: the old latents no longer fit
 
 

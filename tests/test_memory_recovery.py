@@ -39,7 +39,7 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert done.type.value == "job.succeeded", done.to_json()
         stored = runtime.store.get(first.id)
         assert stored is not None
-        rungs = [c["rung"] for c in stored.changes]
+        rungs = [c.rung for c in stored.changes]
         assert "vae_tiling" in rungs
         # The seeded pre-flight figures are low (bench/recovery.py: about -58 %), so on a fresh
         # home the job starts as asked and really runs out of address space at decode.
@@ -48,7 +48,7 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert retries[0].error_code == "VRAM.EXHAUSTED"  # type: ignore[attr-defined]
         change = retries[0].change  # type: ignore[attr-defined]
         assert change["rung"] == "vae_tiling"
-        assert "because memory ran out at VAE decode" in change["description"]
+        assert "because memory ran out at VAE decode" in change["text"]
         assert change["decode_only"] is True
         # The transition out of recovering follows job.succeeded in the same step: wait for it
         # to reach this subscriber rather than read the log at the first event.
@@ -79,7 +79,7 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert stored.result is not None
         assert stored.result["options_used"]["vae_tiling"] is True
         succeeded = _of_job(log, "job.succeeded", first.id)
-        assert succeeded[0].changes == stored.changes  # type: ignore[attr-defined]
+        assert succeeded[0].changes == [c.as_dict() for c in stored.changes]  # type: ignore[attr-defined]
 
         # The same request again starts at the learned rung and never runs out of memory.
         second = runtime.submit(_big_job())
@@ -88,7 +88,7 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert _of_job(log, "job.retrying", second.id) == []
         again = runtime.store.get(second.id)
         assert again is not None
-        assert again.changes[0]["origin"] in ("learned", "preflight")
+        assert again.changes[0].origin.value in ("learned", "preflight")
         assert again.attempts == 1
         learned = runtime.strategies.all()
         assert [s.rung.value for s in learned] == ["vae_tiling"]

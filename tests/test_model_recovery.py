@@ -39,7 +39,7 @@ async def test_truncated_weights_are_repaired_before_the_load(
         assert _events(log, "model.repaired")
         stored = runtime.store.get(job.id)
         assert stored is not None
-        assert [c["rung"] for c in stored.changes] == ["repair_model"]
+        assert [c.rung for c in stored.changes] == ["repair_model"]
         assert weights.read_bytes() == original  # rebuilt deterministically
 
 
@@ -85,6 +85,6 @@ async def test_missing_model_runs_on_its_fallback_and_degrades(
         assert stored.result is not None
         assert stored.result["model"] == "tiny-wan"
         assert stored.result["model_requested"] == "tiny-wan-large"
-        assert stored.changes[-1]["rung"] == "fallback_model"
+        assert stored.changes[-1].rung == "fallback_model"
         assert runtime.supervisor.state.value == "degraded"
         assert "tiny-wan" in runtime.supervisor.snapshot().degraded_reasons["model"]

@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["JobProgressView"]
+__all__ = ["JobProgressView", "change_text"]
 
 
 class JobProgressView:
@@ -87,10 +87,10 @@ class JobProgressView:
             out.print(
                 f"[yellow]retrying[/] (attempt {data.get('attempt')}): {data.get('reason')}"
                 f" [{data.get('error_code')}]"
-                + (f"; change: {_change_text(change)}" if change else "")
+                + (f"; change: {change_text(change)}" if change else "")
             )
         elif kind == "job.succeeded":
-            changes = "; ".join(_change_text(c) for c in data.get("changes") or [])
+            changes = "; ".join(change_text(c) for c in data.get("changes") or [])
             out.print(
                 f"[green]succeeded[/] in {float(data.get('duration_s', 0.0)):.1f} s"
                 + (f" with changes: {changes}" if changes else "")
@@ -117,7 +117,8 @@ class JobProgressView:
             self.progress.console.print(f"{stage} step {step}/{total}")
 
 
-def _change_text(change: Any) -> str:
-    if isinstance(change, dict):
-        return ", ".join(f"{k}={v}" for k, v in change.items())
+def change_text(change: Any) -> str:
+    """A change as a person reads it: its sentence (the JSON form keeps the data)."""
+    if isinstance(change, dict) and change.get("text"):
+        return str(change["text"])
     return str(change)

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from supervisor.cli.api_error_output import print_api_error, print_user_error
+from supervisor.cli.generate_progress import change_text
 from supervisor.cli.server_client import add_url_argument, request_json
 from supervisor.jobs import JobStatus
 
@@ -128,7 +129,7 @@ def run_show(args: argparse.Namespace) -> int:
         total = progress.get("total_steps")
         print(f"  progress  {progress['stage']}" + (f" {step}/{total}" if total else ""))
     for change in job.get("changes") or []:
-        print(f"  change    {change}")
+        print(f"  change    {change_text(change)}")
     print(f"  created   {_stamp(job['created_ts'])}")
     if job.get("finished_ts"):
         print(f"  finished  {_stamp(job['finished_ts'])}")

@@ -1,6 +1,17 @@
 """Jobs: the record, the durable store."""
 
+from supervisor.jobs.change import FALLBACK_MODEL, REPAIR_MODEL, Change, ChangeOrigin
 from supervisor.jobs.job import TERMINAL, Job, JobStatus, new_job_id
 from supervisor.jobs.job_store import JobStore
 
-__all__ = ["TERMINAL", "Job", "JobStatus", "JobStore", "new_job_id"]
+__all__ = [
+    "FALLBACK_MODEL",
+    "REPAIR_MODEL",
+    "TERMINAL",
+    "Change",
+    "ChangeOrigin",
+    "Job",
+    "JobStatus",
+    "JobStore",
+    "new_job_id",
+]

@@ -11,6 +11,7 @@ from typing import Any
 
 from supervisor.core.params import GenerationParams, PipelineOptions
 from supervisor.core.stages import Stage
+from supervisor.jobs.change import Change, ChangeOrigin
 
 __all__ = ["TERMINAL", "Job", "JobStatus", "new_job_id"]
 
@@ -50,7 +51,7 @@ class Job:
     # Recovery rungs tried for this job, in order (ids from the ladder).
     rungs_tried: list[str] = field(default_factory=list)
     # Every change the system applied, in words and as data, for the result and the sidecar.
-    changes: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     # A latents file kept after a decode failure: the next attempt re-runs the decode only.
     decode_only_from: str | None = None
     output_path: str | None = None
@@ -70,6 +71,14 @@ class Job:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def planned(self) -> list[Change]:
+        """The changes planned for the attempt about to start (see `Change`'s invariant)."""
+        return [c for c in self.changes if c.attempt == self.attempts + 1]
+
+    def tried(self, origin: ChangeOrigin) -> list[Change]:
+        return [c for c in self.changes if c.origin is origin]
+
     def to_row(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -85,7 +94,7 @@ class Job:
             "attempts": self.attempts,
             "crash_retries": self.crash_retries,
             "rungs_tried": json.dumps(self.rungs_tried),
-            "changes": json.dumps(self.changes),
+            "changes": json.dumps([c.as_dict() for c in self.changes]),
             "decode_only_from": self.decode_only_from,
             "output_path": self.output_path,
             "requested": self.requested.model_dump_json() if self.requested else None,
@@ -109,7 +118,7 @@ class Job:
             attempts=row["attempts"],
             crash_retries=row["crash_retries"],
             rungs_tried=json.loads(row["rungs_tried"]),
-            changes=json.loads(row["changes"]),
+            changes=[Change.from_dict(c) for c in json.loads(row["changes"])],
             decode_only_from=row["decode_only_from"],
             output_path=row["output_path"],
             requested=(
@@ -134,7 +143,7 @@ class Job:
             "started_ts": self.started_ts,
             "finished_ts": self.finished_ts,
             "attempts": self.attempts,
-            "changes": list(self.changes),
+            "changes": [c.as_dict() for c in self.changes],
             "progress": {"stage": self.stage, "step": self.step, "total_steps": self.total_steps},
             "output_path": self.output_path,
             "result": self.result,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from actors.worker.protocol import Failed
 from supervisor.core.params import GenerationParams, PipelineOptions
 from supervisor.errors import ErrorCode, Stage
-from supervisor.jobs import Job
+from supervisor.jobs import Change, ChangeOrigin, Job
 from supervisor.recovery.diagnosis import Diagnosis
 from supervisor.recovery.ladder import (
     AppliedChange,
@@ -60,13 +59,26 @@ class PreflightRefused:
     refusal: Refusal
 
 
-def change_record(change: AppliedChange, *, attempt: int, origin: str) -> dict[str, Any]:
-    record: dict[str, Any] = change.as_dict()
-    record["description"] = change.text
-    record["action"] = RUNG_ACTIONS.get(change.rung)
-    record["attempt"] = attempt
-    record["origin"] = origin  # "preflight", "learned" or "recovery"
-    return record
+def change_record(
+    change: AppliedChange,
+    *,
+    attempt: int,
+    origin: ChangeOrigin,
+    decode_only: bool = False,
+    fresh_worker: bool = False,
+) -> Change:
+    return Change(
+        rung=change.rung.value,
+        text=change.text,
+        origin=origin,
+        attempt=attempt,
+        action=RUNG_ACTIONS.get(change.rung),
+        changes_output=change.changes_output,
+        decode_only=decode_only,
+        fresh_worker=fresh_worker,
+        before=dict(change.before),
+        after=dict(change.after),
+    )
 
 
 class MemoryRecovery:
@@ -137,11 +149,11 @@ class MemoryRecovery:
                 allow_output_changes=job.allow_output_changes,
                 cause="the same request ran out of memory here before",
             )
-            self._record(job, options, params, changes, origin="learned")
+            self._record(job, options, params, changes, origin=ChangeOrigin.LEARNED)
         return None
 
     def _adopt(self, job: Job, plan: Plan, *, learned_rung: RungId | None) -> None:
-        origin = "learned" if learned_rung is not None else "preflight"
+        origin = ChangeOrigin.LEARNED if learned_rung is not None else ChangeOrigin.PREFLIGHT
         self._record(job, plan.options, plan.params, plan.changes, origin=origin)
 
     def _record(
@@ -151,7 +163,7 @@ class MemoryRecovery:
         params: GenerationParams,
         changes: list[AppliedChange],
         *,
-        origin: str,
+        origin: ChangeOrigin,
     ) -> None:
         job.options, job.params = options, params
         for change in changes:
@@ -163,7 +175,7 @@ class MemoryRecovery:
     def plan(self, job: Job, diagnosis: Diagnosis, failed: Failed) -> RecoveryStep | None:
         if diagnosis.code not in MEMORY_CODES:
             return None
-        recoveries = sum(1 for c in job.changes if c.get("origin") == "recovery")
+        recoveries = len(job.tried(ChangeOrigin.RECOVERY))
         if recoveries >= self.max_attempts:
             return self._give_up(job, diagnosis, f"{recoveries} recovery attempts used")
         stage = failed.report.stage
@@ -186,11 +198,15 @@ class MemoryRecovery:
         keep_latents = (
             stage is Stage.DECODE and failed.latents_path is not None and params == job.params
         )
-        record = change_record(change, attempt=job.attempts + 1, origin="recovery")
-        record["decode_only"] = keep_latents
         # Invariant: on a CPU under an address-space cap, a process that hit the cap keeps
         # ~250-300 MiB more mapped afterwards (measured), so the retry runs in a fresh worker.
-        record["fresh_worker"] = device_kind(self.device) is DeviceKind.CPU
+        record = change_record(
+            change,
+            attempt=job.attempts + 1,
+            origin=ChangeOrigin.RECOVERY,
+            decode_only=keep_latents,
+            fresh_worker=device_kind(self.device) is DeviceKind.CPU,
+        )
 
         def apply(target: Job) -> None:
             target.options, target.params = options, params
@@ -222,7 +238,7 @@ class MemoryRecovery:
             self._calibrate(job, options, params, growth)
 
     def succeeded(self, job: Job) -> None:
-        recovered = [c for c in job.changes if c.get("origin") == "recovery"]
+        recovered = job.tried(ChangeOrigin.RECOVERY)
         if recovered and job.rungs_tried:
             rung = RungId(job.rungs_tried[-1])
             self.strategies.remember(self.key(job), rung)

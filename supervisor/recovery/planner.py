@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from actors.worker.protocol import Failed
-    from supervisor.jobs import Job
+    from supervisor.jobs import Change, Job
     from supervisor.recovery.diagnosis import Diagnosis
 
 __all__ = ["RecoveryPlanner", "RecoveryStep", "no_recovery"]
@@ -25,7 +25,7 @@ class RecoveryStep:
     # Applied to the job before it is queued again (options, params, decode_only_from).
     apply: Callable[[Job], None] = field(default=lambda job: None)
     # Recorded in the job's changes and its job.retrying event.
-    change: dict[str, Any] | None = None
+    change: Change | None = None
     give_up: bool = False
     final_error: Diagnosis | None = None
 

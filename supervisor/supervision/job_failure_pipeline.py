@@ -9,12 +9,11 @@ supervisor's state machine, from the supervisor's own loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from actors.generator import JobOutcome
 from supervisor.bus import events as ev
 from supervisor.errors import Stage
-from supervisor.jobs import Job
+from supervisor.jobs import Change, Job
 from supervisor.recovery.diagnosis import Diagnosis
 from supervisor.recovery.planner import RecoveryPlanner
 from supervisor.supervision.job_flow import JobFlow
@@ -66,7 +65,7 @@ class JobFailurePipeline:
         assert self.jobs is not None
         assert outcome.failed is not None
         report = outcome.failed.report
-        applied = tuple(c["action"] for c in job.changes if c.get("action"))
+        applied = tuple(c.action for c in job.changes if c.action)
         diagnosis = self.jobs.diagnose(report, applied=applied)
         # A MemoryError carries no message: its class is then the most telling word.
         detail = report.message[:200] or report.exc_type
@@ -134,9 +133,9 @@ class JobFailurePipeline:
         self._publish(ev.RecoveryResult(job_id=job.id, step=last, ok=ok, detail=outcome))
 
 
-def _step_name(change: dict[str, Any] | None) -> str:
+def _step_name(change: Change | None) -> str:
     """The rung (or repair) a change made, as the recovery events name it."""
-    return str((change or {}).get("rung") or "retry")
+    return change.rung if change is not None else "retry"
 
 
 def _unloadable(model: str, diagnosis: Diagnosis) -> str:

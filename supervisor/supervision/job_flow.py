@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from actors.actor import Actor
 from actors.generator import CancelJob, JobOutcome, ModelChoice, RunJob
@@ -19,7 +19,15 @@ from supervisor.bus import events as ev
 from supervisor.core.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.errors import Categorization, ErrorCode, Stage
 from supervisor.errors.report import ErrorReport
-from supervisor.jobs import Job, JobStatus, JobStore
+from supervisor.jobs import (
+    FALLBACK_MODEL,
+    REPAIR_MODEL,
+    Change,
+    ChangeOrigin,
+    Job,
+    JobStatus,
+    JobStore,
+)
 from supervisor.recovery.diagnosis import Diagnosis
 from supervisor.recovery.memory import MemoryRecovery
 from supervisor.recovery.model_repair import fresh_worker_pending, repair_pending
@@ -46,6 +54,10 @@ class CancelRefused(GenvisorError):
         self.job_id = job_id
         self.status = status
         super().__init__(f"job {job_id} is already {status}: nothing to cancel")
+
+
+# What `JobStore.next_queued` hands out: a job waiting for its (next) attempt.
+_WAITING = frozenset({JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.INTERRUPTED})
 
 
 class JobFlow:
@@ -82,13 +94,16 @@ class JobFlow:
         generator = self._generator()
         if generator is None or not generator.running:
             return
-        job = self._next_preflighted()
-        if job is None:
-            return
+        # Invariant: the state is checked before pre-flight. Dispatch runs after every
+        # supervisor message; pre-flight (learned strategies, estimates, store writes) runs only
+        # when a job may start now, never again and again while recovering or halted.
         if state is State.RECOVERING:
-            if job.id != self.recovering_job_id:
-                return
-        elif state not in (State.READY, State.DEGRADED):
+            job = self._recovering_job()
+        elif state in (State.READY, State.DEGRADED):
+            job = self._next_preflighted()
+        else:
+            return
+        if job is None:
             return
         repair, fresh = repair_pending(job), fresh_worker_pending(job)
         job.status = JobStatus.RUNNING
@@ -103,7 +118,7 @@ class JobFlow:
             output_dir=self.output_dir,
             attempt=job.attempts,
             decode_only_from=job.decode_only_from,
-            applied_changes=tuple(c["description"] for c in job.changes),
+            applied_changes=tuple(c.text for c in job.changes),
             repair_model=repair,
             fresh_worker=fresh,
         )
@@ -121,6 +136,14 @@ class JobFlow:
                 options=job.options.model_dump(mode="json"),
             )
         )
+
+    def _recovering_job(self) -> Job | None:
+        """While recovering only the job whose re-run decides the recovery may start (it ran
+        before: no pre-flight), wherever it stands in the queue."""
+        if self.recovering_job_id is None:
+            return None
+        job = self.store.get(self.recovering_job_id)
+        return job if job is not None and job.status in _WAITING else None
 
     def _next_preflighted(self) -> Job | None:
         """The next waiting job; a first attempt goes through learned rungs and pre-flight,
@@ -185,14 +208,14 @@ class JobFlow:
             "timings": {k.value: v for k, v in done.timings.items()},
             "peak_memory_bytes": done.peak_memory_bytes,
             "peak_growth_bytes": done.peak_growth_bytes,
-            "changes": list(job.changes),
+            "changes": [c.as_dict() for c in job.changes],
         }
         self.store.save(job)
         self._publish(
             ev.JobSucceeded(
                 job_id=job.id,
                 output=Path(done.output_path).name,
-                changes=list(job.changes),
+                changes=[c.as_dict() for c in job.changes],
                 duration_s=round(job.finished_ts - (job.started_ts or job.created_ts), 3),
             )
         )
@@ -203,15 +226,30 @@ class JobFlow:
 
     def _record_model_choice(self, job: Job, choice: ModelChoice) -> None:
         """Repairs and stand-ins become changes of the job (once each, for its report)."""
-        seen = {c.get("rung") for c in job.changes}
-        if choice.repaired and "repair_model" not in seen:
-            job.changes.append(_model_change("repair_model", choice.repaired, job, choice))
-        if choice.substitution and "fallback_model" not in seen:
-            change = _model_change("fallback_model", choice.substitution, job, choice)
-            change["changes_output"] = True
-            change["action"] = "use_fallback_model"
-            change["before"], change["after"] = {"model": job.model}, {"model": choice.name}
-            job.changes.append(change)
+        seen = {c.rung for c in job.changes}
+        if choice.repaired and REPAIR_MODEL not in seen:
+            job.changes.append(
+                Change(
+                    rung=REPAIR_MODEL,
+                    text=choice.repaired,
+                    origin=ChangeOrigin.RECOVERY,
+                    attempt=job.attempts,
+                    action="redownload_model",
+                )
+            )
+        if choice.substitution and FALLBACK_MODEL not in seen:
+            job.changes.append(
+                Change(
+                    rung=FALLBACK_MODEL,
+                    text=choice.substitution,
+                    origin=ChangeOrigin.RECOVERY,
+                    attempt=job.attempts,
+                    action="use_fallback_model",
+                    changes_output=True,
+                    before={"model": job.model},
+                    after={"model": choice.name},
+                )
+            )
 
     def fail(self, job: Job, diagnosis: Diagnosis) -> None:
         job.status = JobStatus.FAILED
@@ -220,7 +258,7 @@ class JobFlow:
         self.store.save(job)
         self._publish(ev.JobFailed(job_id=job.id, error=diagnosis.user_error))
 
-    def retry(self, job: Job, *, reason: str, code: str, change: dict[str, Any] | None) -> None:
+    def retry(self, job: Job, *, reason: str, code: str, change: Change | None) -> None:
         job.status = JobStatus.RETRYING
         if change is not None:
             job.changes.append(change)
@@ -231,7 +269,7 @@ class JobFlow:
                 attempt=job.attempts + 1,
                 reason=reason,
                 error_code=code,
-                change=change,
+                change=change.as_dict() if change is not None else None,
             )
         )
 
@@ -271,17 +309,3 @@ class JobFlow:
             )
         else:
             self.fail(job, diagnosis)
-
-
-def _model_change(rung: str, words: str, job: Job, choice: ModelChoice) -> dict[str, Any]:
-    return {
-        "rung": rung,
-        "text": words,
-        "description": words,
-        "changes_output": False,
-        "origin": "recovery",
-        "action": "redownload_model",
-        "attempt": job.attempts,
-        "before": {},
-        "after": {},
-    }
