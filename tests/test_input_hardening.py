@@ -258,6 +258,7 @@ def test_token_is_checked_before_the_body(guarded: ServerProcess) -> None:
             r = httpx.post(url, content=content, headers={**headers, **wrong})
             body = _user_error(r, 401)
             assert body["title"] == "A valid API token is required"
+            assert body["code"] == "CONFIG.TOKEN_REQUIRED"  # the client's setting, not ours
             assert r.headers["www-authenticate"] == "Bearer"
     # A body announced as huge (none sent): refused by the headers alone, with 401 not 413.
     request = (

@@ -36,7 +36,7 @@ def token_required() -> ApiError:
     """The 401 a request without a valid token gets."""
     return ApiError(
         status.HTTP_401_UNAUTHORIZED,
-        code=ErrorCode.CONFIG_INVALID,
+        code=ErrorCode.CONFIG_TOKEN_REQUIRED,
         title="A valid API token is required",
         message="send 'Authorization: Bearer <token>' (the server's GENVISOR_API_TOKEN)",
         headers={"WWW-Authenticate": "Bearer"},

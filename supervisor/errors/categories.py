@@ -98,6 +98,7 @@ class ErrorCode(StrEnum):
     CONFIG_INVALID = "CONFIG.INVALID"
     CONFIG_DEVICE_UNAVAILABLE = "CONFIG.DEVICE_UNAVAILABLE"
     CONFIG_MISSING_DEPENDENCY = "CONFIG.MISSING_DEPENDENCY"
+    CONFIG_TOKEN_REQUIRED = "CONFIG.TOKEN_REQUIRED"
 
     UNKNOWN_ERROR = "UNKNOWN.ERROR"
 
@@ -176,6 +177,8 @@ CODE_SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.CONFIG_INVALID: CodeSpec(_H, False),
     ErrorCode.CONFIG_DEVICE_UNAVAILABLE: CodeSpec(_C, True),
     ErrorCode.CONFIG_MISSING_DEPENDENCY: CodeSpec(_C, False),
+    # The client lacks the server's API token: its configuration, not the server's.
+    ErrorCode.CONFIG_TOKEN_REQUIRED: CodeSpec(_L, False),
     ErrorCode.UNKNOWN_ERROR: CodeSpec(_M, False),
 }
 
