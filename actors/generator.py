@@ -131,6 +131,10 @@ class Generator(Actor):
         self._last_rss: int | None = None
         self._expected_exit = False
         self._stopping = False
+        # Cancels asked for (by `tell_nowait`) and not yet handled from the mailbox, and the job
+        # waiting for its model with the scope that stops that wait.
+        self._cancels: set[str] = set()
+        self._resolving: tuple[str, anyio.CancelScope] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -180,6 +184,17 @@ class Generator(Actor):
 
     # -- messages -----------------------------------------------------------------------------
 
+    def tell_nowait(self, message: object) -> None:
+        """As `Actor.tell_nowait`, except that a cancel does not queue behind the job it
+        cancels: the mailbox is busy with that very job while it waits for its model (a repair
+        or a re-download can take minutes), so the wait is stopped now and the job ends
+        cancelled; the message still follows for a job already on the worker."""
+        if isinstance(message, CancelJob):
+            self._cancels.add(message.job_id)
+            if self._resolving is not None and self._resolving[0] == message.job_id:
+                self._resolving[1].cancel()
+        super().tell_nowait(message)
+
     async def handle(self, message: object) -> object:
         match message:
             case RunJob():
@@ -203,12 +218,23 @@ class Generator(Actor):
         current_job_id.set(job.job_id)
         if self._loaded is None or self._loaded[0] != job.model or job.repair_model:
             try:
-                choice = (
-                    ModelChoice(job.model, job.model_path)
-                    if job.model_path is not None
-                    else await self._resolve(job.model, job.repair_model)
-                )
+                with anyio.CancelScope() as waiting:
+                    self._resolving = (job.job_id, waiting)
+                    if job.job_id in self._cancels:
+                        waiting.cancel()  # cancelled before it started
+                    choice = (
+                        ModelChoice(job.model, job.model_path)
+                        if job.model_path is not None
+                        else await self._resolve(job.model, job.repair_model)
+                    )
+                self._resolving = None
+                if waiting.cancelled_caught:
+                    # Whatever the loader was doing goes on by itself (the next job of this
+                    # model finds it done); this job ends now.
+                    self._finish(JobOutcome(job.job_id, cancelled=Cancelled(job_id=job.job_id)))
+                    return
             except Exception as exc:  # the model can not be made available: the job's failure
+                self._resolving = None
                 report = ErrorReport.from_exception(
                     exc,
                     stage=Stage.LOAD,
@@ -252,6 +278,7 @@ class Generator(Actor):
         return await self._resolve_model(model, repair)
 
     async def _cancel(self, job_id: str) -> None:
+        self._cancels.discard(job_id)
         if self._job is None or self._job.job_id != job_id or self.worker is None:
             return
         await self.worker.send(Cancel(job_id=job_id))

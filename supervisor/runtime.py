@@ -11,17 +11,18 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from actors.actor import Actor
-from actors.generator import Generator, ModelChoice
-from actors.model_loader import LoadFailed, ModelLoader, Operation, ResolvedModel, ResolveModel
-from actors.models.model_errors import ModelUnavailable
+from actors.generator import Generator
+from actors.model_loader import ModelLoader
 from actors.models.registry import load_registry
+from actors.vram.device import ResolvedDevice, resolve_device
+from actors.vram.memory_sources import MemorySource
 from actors.vram.pressure import PressureThresholds
 from actors.vram_monitor import VramMonitor, WorkerChanged
 from actors.worker.memory_cap import parse_size
@@ -29,7 +30,7 @@ from actors.worker.protocol import Failed, Ready
 from actors.worker.spawn import WorkerLaunch
 from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
-from supervisor.core.exceptions import ActorNotRunning
+from supervisor.core.exceptions import ActorNotRunning, HomeInUse, MailboxFull
 from supervisor.core.home_lock import HomeLock
 from supervisor.core.params import PipelineOptions
 from supervisor.core.settings import CONFIG_DIR, Settings
@@ -37,7 +38,6 @@ from supervisor.core.store_health import StoreHealReport
 from supervisor.errors import (
     Categorization,
     CategorizationContext,
-    ErrorCode,
     ErrorReport,
     default_categorizer,
 )
@@ -49,10 +49,11 @@ from supervisor.recovery.learned_strategies import LearnedStrategies
 from supervisor.recovery.memory import MemoryRecovery
 from supervisor.recovery.memory_accounting import MemoryAccounting
 from supervisor.recovery.model_repair import plan_model_repair
+from supervisor.recovery.model_resolution import ModelResolver
 from supervisor.recovery.planner import RecoveryStep
 from supervisor.supervision.child_spec import ChildSpec, RestartType
 from supervisor.supervision.job_flow import JobFlow
-from supervisor.supervision.messages import Degrade, JobSubmitted
+from supervisor.supervision.messages import ClearDegraded, Degrade, JobSubmitted
 from supervisor.supervision.supervisor import Supervisor
 
 __all__ = ["Runtime"]
@@ -60,6 +61,10 @@ __all__ = ["Runtime"]
 log = logging.getLogger("genvisor.runtime")
 
 HEAVY_MODULES = ("torch", "diffusers", "transformers")
+# How often a follower tries the data folder's lock when nothing hints that the owner is gone.
+FOLLOWER_POLL_S = 0.5
+# The degraded reason of device telemetry that stopped answering (see VramMonitor).
+TELEMETRY_KEY = "vram_telemetry"
 
 
 def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: Any) -> ChildSpec:
@@ -99,19 +104,65 @@ class Runtime:
         settings: Settings,
         *,
         child_specs: list[ChildSpec] | None = None,
+        nvml: Any = None,
+        memory_source: MemorySource | None = None,
+        share_home: bool = True,
     ) -> None:
+        """`nvml` replaces the pynvml module and `memory_source` the VRAM monitor's own choice
+        (tests: this machine has no NVIDIA GPU)."""
         self.settings = settings
-        # Invariant: the data folder's lock comes before any store opens or worker starts, so
-        # a second instance on the same folder changes nothing before it is refused.
+        self._nvml = nvml
+        self._memory_source = memory_source
+        # Construction opens nothing: `claim` (by `create_app`, `run` or the election in
+        # `lifespan`) takes the data folder's lock, then opens the stores. With `share_home`
+        # (the default: a host app may run in several worker processes) the lifespan of a
+        # process that finds the lock held follows its owner and takes over when it dies;
+        # without it (`genvisor serve`) a held lock is refused at once.
+        self.share_home = share_home
+        self._child_specs = child_specs
         self.home_lock = HomeLock(settings.home)
+        self._opened = False
+        self._serving = False
+        self._stop_requested = False
+        self._stopped: anyio.Event | None = None
+        self._became_owner: anyio.Event | None = None
+        self._owner_suspect: anyio.Event | None = None
+        self._follow_scope: anyio.CancelScope | None = None
+        # Entered by `lifespan` (with the app) while the home is shared: the api layer's
+        # forwarding (see supervisor.api.forwarding), which this layer must not import.
+        self.companions: dict[str, Callable[[Any], AbstractAsyncContextManager[None]]] = {}
+        # What ended `run` after start-up, and what is done about it: by default the process
+        # gets SIGTERM, so the ASGI server shuts down the way an operator's stop does.
+        self.fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] = _terminate_process
+
+    def claim(self) -> None:
+        """Take the data folder's lock (or raise `HomeInUse` at once), then open the stores.
+
+        Invariant: the lock comes before any store opens or worker starts, so a second
+        instance on the same folder changes nothing before it is refused."""
+        if self._opened:
+            return
         self.home_lock.acquire()
         try:
-            self._open(settings, child_specs)
+            self._open(self.settings, self._child_specs)
         except BaseException:
             self.home_lock.release()
             raise
+        self._opened = True
+
+    @property
+    def owns_home(self) -> bool:
+        """This process's runtime runs (it holds the data folder); else requests go to the
+        process that does (a follower in a multi-process host)."""
+        return self._serving
 
     def _open(self, settings: Settings, child_specs: list[ChildSpec] | None) -> None:
+        # Invariant: "auto" is decided here, once; every actor gets this device, never the
+        # setting (a CPU job budgeted from a GPU's memory otherwise).
+        self.resolved: ResolvedDevice = resolve_device(
+            settings.device, nvml=self._nvml, timeout=settings.vram_sample_deadline
+        )
         self.journal = Journal(
             settings.home / "events.sqlite3", retention=settings.journal_retention
         )
@@ -130,7 +181,7 @@ class Runtime:
             load_ladder(),
             self.strategies,
             device=self.device,
-            device_name="cpu" if self.device == "cpu" else self.device,
+            device_name=self.resolved.name,
             max_attempts=settings.max_recovery_attempts,
             memory_key=self.accounting.key,
             budget=self.accounting.budget,
@@ -160,47 +211,10 @@ class Runtime:
             plan_recovery=self._plan_recovery,
         )
         self.started_at = time.time()
-        self._stopped: anyio.Event | None = None
-        # What ended `run` after start-up, and what is done about it: by default the process
-        # gets SIGTERM, so the ASGI server shuts down the way an operator's stop does.
-        self.fatal: BaseException | None = None
-        self.on_fatal: Callable[[BaseException], None] = _terminate_process
-
-    async def resolve_model(self, model: str, repair: bool) -> ModelChoice:
-        """The weights of `model` from the model loader (which verifies them first): repaired
-        when damaged (or when a load said so), else the registry's fallback when allowed."""
-        loader = self.supervisor.child("model_loader")
-        if loader is None or not loader.running:
-            raise ActorNotRunning(actor="model_loader")
-        repaired = None
-        if repair:
-            await self._repair(loader, model, ErrorCode.MODEL_CORRUPTED)
-            repaired = f"repaired the files of {model} after it failed to load"
-        try:
-            found = await loader.ask(ResolveModel(model), ResolvedModel, timeout=120.0)
-        except ModelUnavailable as exc:
-            if exc.code in (ErrorCode.MODEL_CORRUPTED, ErrorCode.MODEL_INCOMPLETE) and not repair:
-                await self._repair(loader, model, exc.code)
-                repaired = f"repaired the files of {model} ({exc.reason}) before loading it"
-                found = await loader.ask(ResolveModel(model), ResolvedModel, timeout=120.0)
-            elif self.settings.allow_fallback_models:
-                found = await loader.ask(
-                    ResolveModel(model, allow_fallback=True), ResolvedModel, timeout=120.0
-                )
-            else:
-                raise
-        return ModelChoice(found.name, found.path, found.fallback_reason, repaired)
-
-    async def _repair(self, loader: Actor, model: str, code: ErrorCode) -> None:
-        op = await loader.ask(LoadFailed(model, code), Operation, timeout=30.0)
-        outcome = await op.result()
-        if not outcome.ok:
-            raise ModelUnavailable(
-                model=model,
-                code=outcome.error_code or code,
-                reason=f"the automatic repair failed: {outcome.message}",
-                remedy=f"Run `genvisor models repair {model}`",
-            )
+        self.resolve_model = ModelResolver(
+            lambda: self.supervisor.child("model_loader"),
+            allow_fallback=settings.allow_fallback_models,
+        )
 
     def _plan_recovery(self, job: Job, diagnosis: Diagnosis, failed: Failed) -> RecoveryStep | None:
         return self.memory.plan(job, diagnosis, failed) or plan_model_repair(job, diagnosis, failed)
@@ -239,14 +253,14 @@ class Runtime:
     def _publish(self, data: ev.EventData) -> object:
         # Invariant: the running job's live progress follows its events (one loop, no lock).
         if isinstance(data, ev.JobProgress):
-            self.jobs.progress(data.job_id, data.stage.value, data.step)
+            self.jobs.progress(data.job_id, data.stage, data.step)
         elif isinstance(data, ev.VramSample):
             self.accounting.sampled(data)
         return self.bus.publish(data)
 
     @property
     def device(self) -> str:
-        return "cpu" if self.settings.device == "auto" else self.settings.device
+        return self.resolved.device
 
     def worker_launch(self) -> WorkerLaunch:
         s = self.settings
@@ -273,13 +287,25 @@ class Runtime:
     def _vram_monitor(self) -> VramMonitor:
         s = self.settings
         return VramMonitor(
+            self._memory_source,
             publish=self._publish,
-            device=s.device,
+            device=self.device,
+            nvml=self._nvml,
+            sample_deadline=s.vram_sample_deadline,
+            on_degraded=self._telemetry_changed,
             cap=self.accounting.cap,
             expect_gpu=s.expect_gpu,
             interval=s.vram_sample_interval,
             thresholds=PressureThresholds(s.pressure_warning, s.pressure_critical),
         )
+
+    def _telemetry_changed(self, reason: str | None) -> None:
+        """The monitor's device stopped (reason) or went back to (None) answering in time."""
+        message = ClearDegraded(TELEMETRY_KEY) if reason is None else Degrade(TELEMETRY_KEY, reason)
+        try:
+            self.supervisor.tell_nowait(message)
+        except (ActorNotRunning, MailboxFull):
+            log.warning("device telemetry: %s (the supervisor was not told)", reason or "back")
 
     def default_child_specs(self) -> list[ChildSpec]:
         s = self.settings
@@ -291,7 +317,13 @@ class Runtime:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the bus and the supervisor until `shutdown()`; the journal is flushed on exit."""
+        self.claim()
+        # Said once the server starts, not when the folder is claimed: a refused start (a port
+        # taken) prints its one line and nothing else.
+        log.info("device %s (%s)", self.resolved.device, self.resolved.why)
         self._stopped = anyio.Event()
+        if self._stop_requested:
+            self._stopped.set()
         self._purge_old_jobs()
         self._resume_interrupted()
         async with anyio.create_task_group() as tg:
@@ -299,7 +331,13 @@ class Runtime:
             await tg.start(self.supervisor.run)
             tg.start_soon(self._degrade_for_start_findings)
             task_status.started()
-            await self._stopped.wait()
+            self._serving = True
+            if self._became_owner is not None:
+                self._became_owner.set()
+            try:
+                await self._stopped.wait()
+            finally:
+                self._serving = False
             self.supervisor.stop()
             # The supervisor stops its children in reverse order, then its own loop ends; the
             # bus closes last so that the stop transitions reach the journal.
@@ -309,6 +347,7 @@ class Runtime:
         with anyio.CancelScope(shield=True):
             await self.bus.aclose()
         self.store.close()
+        self.strategies.close()
         self.home_lock.release()
 
     def _purge_old_jobs(self) -> None:
@@ -345,6 +384,9 @@ class Runtime:
         reason = getattr(monitor, "degraded_reason", None)
         if reason:
             self.supervisor.tell_nowait(Degrade("gpu", reason))
+        wedged = getattr(monitor, "wedged", None)
+        if wedged:  # told before the supervisor settled: said again now that it can act on it
+            self.supervisor.tell_nowait(Degrade(TELEMETRY_KEY, wedged))
         for name, store in self.stores():
             report: StoreHealReport | None = store.heal_report
             if report is not None:
@@ -369,20 +411,94 @@ class Runtime:
         return job
 
     def shutdown(self) -> None:
+        self._stop_requested = True
+        if self._follow_scope is not None:
+            self._follow_scope.cancel()
         if self._stopped is not None:
             self._stopped.set()
 
     @asynccontextmanager
-    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """An ASGI lifespan: the runtime runs as a sidecar task group for the app's lifetime."""
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """An ASGI lifespan: the runtime runs as a sidecar task group for the app's lifetime.
+
+        The election: a runtime not yet claimed takes the lock; when another process holds it
+        and the home is shared, this process follows (its routes forward to the owner) and
+        takes over when the owner's lock is released (the kernel releases it when the owner
+        dies). Without `share_home` a held lock fails start-up at once."""
+        self._became_owner = anyio.Event()
+        self._owner_suspect = anyio.Event()
+        try:
+            self.claim()
+        except HomeInUse as exc:
+            if not self.share_home:
+                raise
+            log.info(
+                "genvisor: pid %s owns %s; this process (pid %d) follows it (forwards to it)",
+                exc.pid,
+                self.settings.home,
+                os.getpid(),
+            )
         async with anyio.create_task_group() as tg:
-            await tg.start(self._run_or_exit)
+            if self._opened:
+                await tg.start(self._run_or_exit)
+            else:
+                tg.start_soon(self._follow)
             try:
-                yield
+                async with AsyncExitStack() as stack:
+                    if self.share_home:
+                        for companion in self.companions.values():
+                            await stack.enter_async_context(companion(app))
+                    yield
             finally:
                 self.shutdown()
 
-    async def _run_or_exit(self, *, task_status: TaskStatus[None]) -> None:
+    async def wait_owner(self) -> None:
+        """Return once this process owns the data folder (its runtime runs)."""
+        if self._serving:
+            return
+        if self._became_owner is None:
+            raise RuntimeError("wait_owner needs the runtime's lifespan")
+        await self._became_owner.wait()
+
+    def suspect_owner_gone(self) -> None:
+        """A follower found the owner unreachable: try the lock now, not at the next poll."""
+        if self._owner_suspect is not None:
+            self._owner_suspect.set()
+
+    async def _follow(self) -> None:
+        """Wait for the owner's lock to be released, then take over (claim and run). The lock
+        is tried on each poll and whenever forwarding finds the owner unreachable."""
+        self._follow_scope = anyio.CancelScope()
+        with self._follow_scope:
+            while not self._stop_requested:
+                try:
+                    self.claim()
+                    break
+                except HomeInUse:
+                    pass
+                except Exception as exc:
+                    # The lock was free but the stores would not open: as for `run`, the
+                    # process exits and its server starts it again.
+                    self.fatal = exc
+                    log.critical("genvisor cannot take over (%s)", exc, exc_info=exc)
+                    self.on_fatal(exc)
+                    return
+                with anyio.move_on_after(FOLLOWER_POLL_S):
+                    if self._owner_suspect is not None:
+                        await self._owner_suspect.wait()
+                self._owner_suspect = anyio.Event()
+        if not self._opened:
+            return
+        log.warning(
+            "genvisor: the owner of %s went away; this process (pid %d) takes over",
+            self.settings.home,
+            os.getpid(),
+        )
+        await self._run_or_exit()
+
+    async def _run_or_exit(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """`run`, and when it fails after start-up (the supervisor, the bus or a store cannot go
         on) the process is asked to exit: a service manager restarts it, where it heals, instead
         of a server that answers 500s with nothing behind them."""

@@ -73,9 +73,12 @@ def make_home(root: Path, tiny_model: Path) -> Path:
 
 
 @asynccontextmanager
-async def running_runtime(home: Path, **overrides: Any) -> AsyncIterator[tuple[Runtime, EventLog]]:
+async def running_runtime(
+    home: Path, *, runtime_kwargs: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[tuple[Runtime, EventLog]]:
+    """`runtime_kwargs` go to `Runtime` (e.g. a fake NVML), `overrides` to its settings."""
     settings = load_settings(overrides={"home": home, **overrides})
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, **(runtime_kwargs or {}))
     log = EventLog()
     async with anyio.create_task_group() as tg:
         await tg.start(runtime.run)

@@ -21,6 +21,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from supervisor.api.forwarding import SERVED_BY, socket_path
 from tests.runtime_harness import make_home
 from tests.server_process import (
     GENVISOR,
@@ -121,8 +122,12 @@ def test_host_routes_and_genvisor_under_a_prefix_then_clean_shutdown(host: HostP
     )
     assert json.loads(shown.stdout)["status"] == "succeeded"
 
-    state = httpx.get(f"{host.genvisor}/v1/state").json()
+    answer = httpx.get(f"{host.genvisor}/v1/state")
+    state = answer.json()
     assert state["pid"] == host.proc.pid
+    # One process: it owns the folder and serves the socket followers would forward to.
+    assert answer.headers[SERVED_BY] == str(host.proc.pid)
+    assert socket_path(host.home).is_socket()
     assert state["heavy_modules_loaded"] == []
     worker_pid = next(c for c in state["children"] if c["id"] == "generator")["pid"]
     assert worker_pid is not None
@@ -140,3 +145,4 @@ def test_host_routes_and_genvisor_under_a_prefix_then_clean_shutdown(host: HostP
             "SELECT body FROM events WHERE type = 'supervisor.transition' ORDER BY seq DESC"
         ).fetchone()
     assert json.loads(last[0])["data"]["to"] == "stopped"
+    assert not socket_path(host.home).exists()  # removed by its owner on the way out

@@ -323,9 +323,20 @@ def select_source(
     nvml: Any = None,
 ) -> SourceChoice:
     """NVML for ``cuda[:N]`` and ``auto`` when it works, else the host. Never raises for a
-    missing GPU: that is reported in the choice."""
-    if device == "cpu" and not expect_gpu:
-        return SourceChoice(HostMemorySource(cap=cap, worker_pid=worker_pid), None, None)
+    missing GPU: that is reported in the choice.
+
+    Invariant: a ``cpu`` device is always read from the host, GPU or not (its jobs are budgeted
+    from host memory); NVML is only asked, when a GPU is expected, whether one can be read."""
+    if device == "cpu":
+        host = HostMemorySource(cap=cap, worker_pid=worker_pid)
+        if not expect_gpu:
+            return SourceChoice(host, None, None)
+        try:
+            NvmlSource.open(0, nvml=nvml)
+        except MemorySourceUnavailable as exc:
+            reason = f"an NVIDIA GPU was expected but cannot be read: {exc.reason}"
+            return SourceChoice(host, exc.reason, reason)
+        return SourceChoice(host, "the device is the CPU", None)
     index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
     try:
         source: MemorySource = NvmlSource.open(index, cap=cap, nvml=nvml)

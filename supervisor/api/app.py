@@ -9,6 +9,10 @@ Embedded in an existing FastAPI backend::
     gv = Runtime(load_settings())
     app = FastAPI(lifespan=compose_lifespans(host_lifespan, gv.lifespan))
     app.include_router(build_router(gv), prefix="/genvisor")
+
+Embedded, the runtime shares its data folder: in a host served by several worker processes
+the lifespan elects one owner (the folder's lock) and the others forward genvisor's routes to
+it (supervisor.api.forwarding).
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ def compose_lifespans(*lifespans: Lifespan) -> Lifespan:
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
     check_exposure(settings)
-    runtime = runtime or Runtime(settings)
+    # Standing alone the server does not share its data folder: the lock is taken here, at
+    # once, so a second `genvisor serve` on the same folder is refused before anything starts.
+    runtime = runtime or Runtime(settings, share_home=False)
+    runtime.claim()
     app = FastAPI(
         title="genvisor",
         version=__version__,

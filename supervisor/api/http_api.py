@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, WebSocket, status
 from fastapi.responses import JSONResponse
 
 from supervisor.api.api_errors import ApiError, route_class
+from supervisor.api.forwarding import Forwarder, forwarding_route_class
 from supervisor.api.jobs_api import add_job_routes
 from supervisor.api.models_api import add_model_routes
 from supervisor.api.security import TokenGuard, origin_allowed
@@ -34,7 +35,15 @@ def build_router(runtime: Runtime) -> APIRouter:
     # before the body is read. Open: /healthz and /readyz only.
     guard = TokenGuard(settings)
     guarded = [Depends(guard)]
-    router = APIRouter(route_class=route_class(settings.max_request_bytes, guard))
+    # In a follower process of a multi-process host every route but /healthz forwards to the
+    # owner (after the token and body checks); the owner serves followers on its socket.
+    forwarder = Forwarder(runtime)
+    runtime.companions["forwarding"] = forwarder.companion
+    router = APIRouter(
+        route_class=forwarding_route_class(
+            route_class(settings.max_request_bytes, guard), forwarder
+        )
+    )
     add_job_routes(router, runtime, guarded)
     add_model_routes(router, runtime, guarded)
 
@@ -76,7 +85,12 @@ def build_router(runtime: Runtime) -> APIRouter:
         Checked in this order: the Origin, then the token (each refused before accepting: a
         403, and no socket is ever opened for them), then ``since``, parsed here rather than by
         FastAPI, whose refusal would be that same bare 403: a bad one is accepted only to be
-        closed with 1008 and a reason the client can print."""
+        closed with 1008 and a reason the client can print. In a follower process the socket
+        is relayed to the owner's, which checks all of this."""
+        if forwarder.forwarding:
+            await forwarder.relay_websocket(websocket)
+            return
+        websocket = forwarder.stamped(websocket)
         allowed = origin_allowed(
             websocket.headers.get("origin"),
             host_header=websocket.headers.get("host"),

@@ -226,7 +226,8 @@ class EventBus:
             subscribers=len(self._subscribers),
             dropped_total=self._dropped_by_gone + sum(s.dropped_total for s in self._subscribers),
             last_seq=self._seq,
-            journaled=self.journal.stats().written,
+            # Not `journal.stats()`: that reads the file under the lock a flush holds.
+            journaled=self.journal.written,
             journal_pending=self.journal.pending,
             epoch=self.epoch,
             resumed_after=self._resumed_after,

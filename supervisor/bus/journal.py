@@ -298,6 +298,12 @@ class Journal:
             row = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()
         return int(row[0])
 
+    @property
+    def written(self) -> int:
+        """Events committed by this journal object; never waits on the lock (the state dump
+        reads it on the event loop while a flush may hold the lock)."""
+        return self._written
+
     def stats(self) -> JournalStats:
         return JournalStats(
             first_seq=self.first_seq(),

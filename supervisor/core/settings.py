@@ -115,6 +115,9 @@ class Settings(BaseSettings):
 
     # VRAM monitor, pre-flight and the recovery ladder (issue 6)
     vram_sample_interval: float = Field(default=0.5, gt=0)
+    # A device query (NVML) not answered within this many seconds is abandoned: the sample is
+    # skipped and the service reads degraded until the driver answers again.
+    vram_sample_deadline: float = Field(default=2.0, gt=0)
     memory_reserve: ByteSize = Field(default=ByteSize(256 * 1024**2), ge=0)
     max_recovery_attempts: int = Field(default=6, ge=0)
     pressure_warning: float = Field(default=0.85, gt=0, lt=1)

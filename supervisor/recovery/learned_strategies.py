@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,10 @@ class LearnedStrategy:
 
 
 class LearnedStrategies:
-    """The table in its own SQLite file (opened per call: used a few times per job)."""
+    """The table in its SQLite file, through one connection opened once (after healing).
+
+    Invariant: every use of the connection holds `_lock` (the connection is shared by the
+    event loop's thread and any worker thread a caller uses), one transaction at a time."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -98,14 +102,23 @@ class LearnedStrategies:
         # Set when the file was damaged at open. The file may hold other stores' tables (the
         # runtime keeps calibration in it too): those rows are carried as well.
         self.heal_report: StoreHealReport | None
-        _, self.heal_report = open_healed(path, _SALVAGE, self._create)
+        self._lock = threading.Lock()
+        self._db, self.heal_report = open_healed(path, _SALVAGE, self._create)
 
-    def _create(self) -> None:
-        with closing(self._connect()) as db, db:
-            db.execute(_SCHEMA)
+    def _create(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
+        try:
+            with db:
+                db.execute(_SCHEMA)
+        except BaseException:
+            db.close()  # open_healed moves a damaged file aside: nothing may hold it open
+            raise
+        return db
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=5.0)
+    def close(self) -> None:
+        """Close the connection (idempotent); later calls raise sqlite3.ProgrammingError."""
+        with self._lock:
+            self._db.close()
 
     def _seen(self, damage: StoreCorrupted) -> None:
         if self.damage is None:
@@ -113,10 +126,9 @@ class LearnedStrategies:
 
     @contextmanager
     def _session(self) -> Iterator[sqlite3.Connection]:
-        """A connection in a transaction, closed after; corruption becomes StoreCorrupted."""
-        with corruption_guard(_SALVAGE.store, self.path, self._seen):
-            with closing(self._connect()) as db, db:
-                yield db
+        """The connection in a transaction; corruption becomes StoreCorrupted."""
+        with corruption_guard(_SALVAGE.store, self.path, self._seen), self._lock, self._db:
+            yield self._db
 
     def remember(self, key: StrategyKey, rung: RungId) -> None:
         """Store the rung that worked; a different rung for the same key replaces it."""

@@ -13,6 +13,8 @@ import logging
 import time
 from pathlib import Path
 
+import anyio.to_thread
+
 from actors.worker.protocol import Ready
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import GenvisorError
@@ -43,6 +45,8 @@ class MemoryAccounting:
         self.last_sample: ev.VramSample | None = None
         self._sampled_at = self._worker_started = 0.0
         self._weights: dict[str, ModelWeights] = {}
+        # The folder each model's weights were read from: read again only when it changes.
+        self._weights_of: dict[str, Path] = {}
         self._profiles = load_memory_profiles()
 
     # -- what it is told ------------------------------------------------------------------------
@@ -55,12 +59,18 @@ class MemoryAccounting:
         self.last_sample = sample
         self._sampled_at = time.monotonic()
 
-    def model_resolved(self, model: str, path: Path) -> None:
-        if model not in self._weights:
-            try:
-                self._weights[model] = summarize_weights(path)
-            except GenvisorError as exc:
-                log.warning("no pre-flight for %s: %s", model, exc)
+    async def model_resolved(self, model: str, path: Path) -> None:
+        """Read the model's safetensors headers, once per (model, folder), in a worker thread:
+        a slow or network disk never holds the event loop (a header is small; the open and
+        the seek are what can take long)."""
+        if self._weights_of.get(model) == path:
+            return
+        try:
+            self._weights[model] = await anyio.to_thread.run_sync(summarize_weights, path)
+        except GenvisorError as exc:
+            log.warning("no pre-flight for %s: %s", model, exc)
+            return
+        self._weights_of[model] = path
 
     # -- what it answers ------------------------------------------------------------------------
 

@@ -1,0 +1,66 @@
+"""A job's model made available before it loads: verified by the model loader, repaired when its
+files are damaged (or when a load said so), else the registry's fallback when allowed.
+
+Invariant: nothing here outlives the job that asked. The generator runs it in a cancel scope, so
+a cancel of a job waiting on a repair or a re-download answers at once (the loader's operation
+goes on by itself; its result is for the next job that asks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from actors.actor import Actor
+from actors.generator import ModelChoice
+from actors.model_loader import LoadFailed, Operation, ResolvedModel, ResolveModel
+from actors.models.model_errors import ModelUnavailable
+from supervisor.core.exceptions import ActorNotRunning
+from supervisor.errors import ErrorCode
+
+__all__ = ["ModelResolver"]
+
+
+class ModelResolver:
+    """`await resolver(model, repair)` → `ModelChoice`; the generator's `resolve_model`."""
+
+    def __init__(
+        self, loader: Callable[[], Actor | None], *, allow_fallback: bool, timeout: float = 120.0
+    ) -> None:
+        self._loader = loader
+        self._allow_fallback = allow_fallback
+        self._timeout = timeout
+
+    async def __call__(self, model: str, repair: bool) -> ModelChoice:
+        loader = self._loader()
+        if loader is None or not loader.running:
+            raise ActorNotRunning(actor="model_loader")
+        repaired = None
+        if repair:
+            await self._repair(loader, model, ErrorCode.MODEL_CORRUPTED)
+            repaired = f"repaired the files of {model} after it failed to load"
+        try:
+            found = await self._ask(loader, ResolveModel(model))
+        except ModelUnavailable as exc:
+            if exc.code in (ErrorCode.MODEL_CORRUPTED, ErrorCode.MODEL_INCOMPLETE) and not repair:
+                await self._repair(loader, model, exc.code)
+                repaired = f"repaired the files of {model} ({exc.reason}) before loading it"
+                found = await self._ask(loader, ResolveModel(model))
+            elif self._allow_fallback:
+                found = await self._ask(loader, ResolveModel(model, allow_fallback=True))
+            else:
+                raise
+        return ModelChoice(found.name, found.path, found.fallback_reason, repaired)
+
+    async def _ask(self, loader: Actor, message: ResolveModel) -> ResolvedModel:
+        return await loader.ask(message, ResolvedModel, timeout=self._timeout)
+
+    async def _repair(self, loader: Actor, model: str, code: ErrorCode) -> None:
+        op = await loader.ask(LoadFailed(model, code), Operation, timeout=30.0)
+        outcome = await op.result()
+        if not outcome.ok:
+            raise ModelUnavailable(
+                model=model,
+                code=outcome.error_code or code,
+                reason=f"the automatic repair failed: {outcome.message}",
+                remedy=f"Run `genvisor models repair {model}`",
+            )
