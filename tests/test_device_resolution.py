@@ -21,6 +21,7 @@ from supervisor.core.params import GenerationParams
 from supervisor.core.settings import load_settings
 from supervisor.jobs import Job, new_job_id
 from supervisor.runtime import Runtime
+from supervisor.runtime.children import vram_monitor, worker_launch
 from tests.fake_nvml import FakeNvml, GiB
 
 RTX = "NVIDIA GeForce RTX 4080"
@@ -96,10 +97,10 @@ def _job() -> Job:
 async def test_auto_with_a_visible_gpu_is_given_to_every_actor(tmp_path: Path) -> None:
     with _runtime(tmp_path / "home", FakeNvml(name=RTX), device="auto") as runtime:
         assert runtime.device == "cuda:0"
-        assert runtime.worker_launch().device == "cuda:0"
+        assert worker_launch(runtime).device == "cuda:0"
         assert runtime.base_options().device == "cuda:0"
         assert runtime.accounting.device == "cuda:0"
-        monitor = runtime._vram_monitor()
+        monitor = vram_monitor(runtime)
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 await tg.start(monitor.run)
@@ -119,7 +120,7 @@ async def test_a_cpu_job_is_budgeted_from_host_memory_with_a_gpu_visible(tmp_pat
         # The worker here is this process: the budget counts what it holds, as for a worker.
         ready = Ready(pid=os.getpid(), device="cpu", torch_version="-", diffusers_version="-")
         runtime.accounting.worker_changed(ready)
-        monitor = runtime._vram_monitor()
+        monitor = vram_monitor(runtime)
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 await tg.start(monitor.run)

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from actors.generator import Generator
 from actors.vram.memory_sources import NvmlSource
 from supervisor.api.http_api import build_router
-from supervisor.runtime import TELEMETRY_KEY
+from supervisor.runtime.start_up import TELEMETRY_KEY
 from tests.fake_nvml import FakeNvml
 from tests.runtime_harness import running_runtime
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -17,24 +16,18 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from actors.actor import Actor
-from actors.generator import Generator
-from actors.model_loader import ModelLoader
 from actors.models.registry import load_registry
 from actors.vram.device import ResolvedDevice, resolve_device
 from actors.vram.memory_sources import MemorySource
-from actors.vram.pressure import PressureThresholds
-from actors.vram_monitor import VramMonitor, WorkerChanged
+from actors.vram_monitor import WorkerChanged
 from actors.worker.memory_cap import parse_size
 from actors.worker.protocol import Failed, Ready
-from actors.worker.spawn import WorkerLaunch
 from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import ActorNotRunning, HomeInUse, MailboxFull
 from supervisor.core.home_lock import HomeLock
 from supervisor.core.params import PipelineOptions
 from supervisor.core.settings import CONFIG_DIR, Settings
-from supervisor.core.store_health import StoreHealReport
 from supervisor.errors import (
     Categorization,
     CategorizationContext,
@@ -51,7 +44,15 @@ from supervisor.recovery.memory_accounting import MemoryAccounting
 from supervisor.recovery.model_repair import plan_model_repair
 from supervisor.recovery.model_resolution import ModelResolver
 from supervisor.recovery.planner import RecoveryStep
-from supervisor.supervision.child_spec import ChildSpec, RestartType
+from supervisor.runtime.children import default_child_specs
+from supervisor.runtime.ownership import follow_owner, run_or_exit, terminate_process
+from supervisor.runtime.start_up import (
+    TELEMETRY_KEY,
+    degrade_for_start_findings,
+    purge_old_jobs,
+    resume_interrupted,
+)
+from supervisor.supervision.child_spec import ChildSpec
 from supervisor.supervision.job_flow import JobFlow
 from supervisor.supervision.messages import ClearDegraded, Degrade, JobSubmitted
 from supervisor.supervision.supervisor import Supervisor
@@ -61,34 +62,6 @@ __all__ = ["Runtime"]
 log = logging.getLogger("genvisor.runtime")
 
 HEAVY_MODULES = ("torch", "diffusers", "transformers")
-# How often a follower tries the data folder's lock when nothing hints that the owner is gone.
-FOLLOWER_POLL_S = 0.5
-# The degraded reason of device telemetry that stopped answering (see VramMonitor).
-TELEMETRY_KEY = "vram_telemetry"
-
-
-def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: Any) -> ChildSpec:
-    return ChildSpec(
-        id=child_id,
-        start=start,
-        restart=RestartType.PERMANENT,
-        max_restarts=settings.worker_max_restarts,
-        period_s=settings.worker_restart_period,
-        backoff_base_s=settings.restart_backoff_base,
-        backoff_max_s=settings.restart_backoff_max,
-        shutdown_timeout_s=settings.shutdown_timeout,
-        **kw,
-    )
-
-
-def _terminate_process(exc: BaseException) -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _error_code_of(report: ErrorReport) -> str | None:
@@ -111,8 +84,8 @@ class Runtime:
         """`nvml` replaces the pynvml module and `memory_source` the VRAM monitor's own choice
         (tests: this machine has no NVIDIA GPU)."""
         self.settings = settings
-        self._nvml = nvml
-        self._memory_source = memory_source
+        self.nvml = nvml
+        self.memory_source = memory_source
         # Construction opens nothing: `claim` (by `create_app`, `run` or the election in
         # `lifespan`) takes the data folder's lock, then opens the stores. With `share_home`
         # (the default: a host app may run in several worker processes) the lifespan of a
@@ -134,7 +107,7 @@ class Runtime:
         # What ended `run` after start-up, and what is done about it: by default the process
         # gets SIGTERM, so the ASGI server shuts down the way an operator's stop does.
         self.fatal: BaseException | None = None
-        self.on_fatal: Callable[[BaseException], None] = _terminate_process
+        self.on_fatal: Callable[[BaseException], None] = terminate_process
 
     def claim(self) -> None:
         """Take the data folder's lock (or raise `HomeInUse` at once), then open the stores.
@@ -161,7 +134,7 @@ class Runtime:
         # Invariant: "auto" is decided here, once; every actor gets this device, never the
         # setting (a CPU job budgeted from a GPU's memory otherwise).
         self.resolved: ResolvedDevice = resolve_device(
-            settings.device, nvml=self._nvml, timeout=settings.vram_sample_deadline
+            settings.device, nvml=self.nvml, timeout=settings.vram_sample_deadline
         )
         self.journal = Journal(
             settings.home / "events.sqlite3", retention=settings.journal_retention
@@ -219,7 +192,7 @@ class Runtime:
     def _plan_recovery(self, job: Job, diagnosis: Diagnosis, failed: Failed) -> RecoveryStep | None:
         return self.memory.plan(job, diagnosis, failed) or plan_model_repair(job, diagnosis, failed)
 
-    def _worker_changed(self, ready: Ready) -> None:
+    def worker_changed(self, ready: Ready) -> None:
         self.accounting.worker_changed(ready)
         monitor = self.supervisor.child("vram_monitor")
         if monitor is not None and monitor.running:
@@ -250,7 +223,7 @@ class Runtime:
         """The options a job starts with before pre-flight or recovery change anything."""
         return PipelineOptions(device=self.device)
 
-    def _publish(self, data: ev.EventData) -> object:
+    def publish(self, data: ev.EventData) -> object:
         # Invariant: the running job's live progress follows its events (one loop, no lock).
         if isinstance(data, ev.JobProgress):
             self.jobs.progress(data.job_id, data.stage, data.step)
@@ -262,44 +235,7 @@ class Runtime:
     def device(self) -> str:
         return self.resolved.device
 
-    def worker_launch(self) -> WorkerLaunch:
-        s = self.settings
-        return WorkerLaunch(
-            log_path=s.home / "logs" / "worker.log",
-            device=self.device,
-            heartbeat_interval=s.heartbeat_interval,
-            memory_limit=s.device_memory_limit,
-            ready_timeout=s.worker_start_timeout,
-        )
-
-    def _generator(self) -> Generator:
-        return Generator(
-            launch=self.worker_launch(),
-            publish=self._publish,
-            report=self.supervisor.tell_nowait,
-            resolve_model=self.resolve_model,
-            on_worker=self._worker_changed,
-            on_resolved=self.accounting.model_resolved,
-            stall_timeout=self.settings.stall_timeout,
-            cancel_grace=self.settings.cancel_grace,
-        )
-
-    def _vram_monitor(self) -> VramMonitor:
-        s = self.settings
-        return VramMonitor(
-            self._memory_source,
-            publish=self._publish,
-            device=self.device,
-            nvml=self._nvml,
-            sample_deadline=s.vram_sample_deadline,
-            on_degraded=self._telemetry_changed,
-            cap=self.accounting.cap,
-            expect_gpu=s.expect_gpu,
-            interval=s.vram_sample_interval,
-            thresholds=PressureThresholds(s.pressure_warning, s.pressure_critical),
-        )
-
-    def _telemetry_changed(self, reason: str | None) -> None:
+    def telemetry_changed(self, reason: str | None) -> None:
         """The monitor's device stopped (reason) or went back to (None) answering in time."""
         message = ClearDegraded(TELEMETRY_KEY) if reason is None else Degrade(TELEMETRY_KEY, reason)
         try:
@@ -308,12 +244,7 @@ class Runtime:
             log.warning("device telemetry: %s (the supervisor was not told)", reason or "back")
 
     def default_child_specs(self) -> list[ChildSpec]:
-        s = self.settings
-        return [
-            _spec(s, "model_loader", lambda: ModelLoader(s, publish=self.bus.publish)),
-            _spec(s, "generator", self._generator),
-            _spec(s, "vram_monitor", self._vram_monitor),
-        ]
+        return default_child_specs(self)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the bus and the supervisor until `shutdown()`; the journal is flushed on exit."""
@@ -324,12 +255,12 @@ class Runtime:
         self._stopped = anyio.Event()
         if self._stop_requested:
             self._stopped.set()
-        self._purge_old_jobs()
-        self._resume_interrupted()
+        purge_old_jobs(self)
+        resume_interrupted(self)
         async with anyio.create_task_group() as tg:
             await tg.start(self.bus.run)
             await tg.start(self.supervisor.run)
-            tg.start_soon(self._degrade_for_start_findings)
+            tg.start_soon(degrade_for_start_findings, self)
             task_status.started()
             self._serving = True
             if self._became_owner is not None:
@@ -350,20 +281,6 @@ class Runtime:
         self.strategies.close()
         self.home_lock.release()
 
-    def _purge_old_jobs(self) -> None:
-        """Finished jobs (and their files) older than the retention setting are removed."""
-        cutoff_s = self.settings.job_retention_days * 86400
-        for job in self.store.finished_before(time.time() - cutoff_s):
-            for path in self.output_dir.glob(f"{job.id}.*"):
-                path.unlink(missing_ok=True)
-        removed = self.store.purge_finished(cutoff_s)
-        if removed:
-            log.info(
-                "removed %d finished jobs older than %g days",
-                removed,
-                self.settings.job_retention_days,
-            )
-
     def stores(self) -> list[tuple[str, Any]]:
         """Every durable store with its `heal_report` (damage found at open) and `damage`
         (corruption met while running). Learned strategies and calibration share one file,
@@ -374,32 +291,6 @@ class Runtime:
             ("learned strategies", self.strategies),
             ("calibration", self.accounting.calibration),
         ]
-
-    async def _degrade_for_start_findings(self) -> None:
-        """What start-up found that serving cannot undo is a degraded reason: a GPU expected
-        but absent (the VRAM monitor says), a store rebuilt from a damaged file (until the
-        next start: the damaged copy is kept aside for a person to look at)."""
-        await self.supervisor.wait_settled()
-        monitor = self.supervisor.child("vram_monitor")
-        reason = getattr(monitor, "degraded_reason", None)
-        if reason:
-            self.supervisor.tell_nowait(Degrade("gpu", reason))
-        wedged = getattr(monitor, "wedged", None)
-        if wedged:  # told before the supervisor settled: said again now that it can act on it
-            self.supervisor.tell_nowait(Degrade(TELEMETRY_KEY, wedged))
-        for name, store in self.stores():
-            report: StoreHealReport | None = store.heal_report
-            if report is not None:
-                log.warning("%s", report.reason())
-                self.supervisor.tell_nowait(Degrade(f"store:{name}", report.reason()))
-
-    def _resume_interrupted(self) -> None:
-        """Jobs a killed server left running go back to the queue, in their order."""
-        for job in self.store.recover_interrupted():
-            log.warning("job %s was interrupted by a server stop: queued again", job.id)
-            self.bus.publish(
-                ev.JobQueued(job_id=job.id, position=self.store.queue_position(job.id) or 0)
-            )
 
     def submit(self, job: Job) -> Job:
         """Commit the job, then wake the supervisor: durable before anyone is told it exists."""
@@ -440,9 +331,9 @@ class Runtime:
             )
         async with anyio.create_task_group() as tg:
             if self._opened:
-                await tg.start(self._run_or_exit)
+                await tg.start(run_or_exit, self)
             else:
-                tg.start_soon(self._follow)
+                tg.start_soon(follow_owner, self)
             try:
                 async with AsyncExitStack() as stack:
                     if self.share_home:
@@ -464,52 +355,3 @@ class Runtime:
         """A follower found the owner unreachable: try the lock now, not at the next poll."""
         if self._owner_suspect is not None:
             self._owner_suspect.set()
-
-    async def _follow(self) -> None:
-        """Wait for the owner's lock to be released, then take over (claim and run). The lock
-        is tried on each poll and whenever forwarding finds the owner unreachable."""
-        self._follow_scope = anyio.CancelScope()
-        with self._follow_scope:
-            while not self._stop_requested:
-                try:
-                    self.claim()
-                    break
-                except HomeInUse:
-                    pass
-                except Exception as exc:
-                    # The lock was free but the stores would not open: as for `run`, the
-                    # process exits and its server starts it again.
-                    self.fatal = exc
-                    log.critical("genvisor cannot take over (%s)", exc, exc_info=exc)
-                    self.on_fatal(exc)
-                    return
-                with anyio.move_on_after(FOLLOWER_POLL_S):
-                    if self._owner_suspect is not None:
-                        await self._owner_suspect.wait()
-                self._owner_suspect = anyio.Event()
-        if not self._opened:
-            return
-        log.warning(
-            "genvisor: the owner of %s went away; this process (pid %d) takes over",
-            self.settings.home,
-            os.getpid(),
-        )
-        await self._run_or_exit()
-
-    async def _run_or_exit(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """`run`, and when it fails after start-up (the supervisor, the bus or a store cannot go
-        on) the process is asked to exit: a service manager restarts it, where it heals, instead
-        of a server that answers 500s with nothing behind them."""
-        try:
-            await self.run(task_status=task_status)
-        except Exception as exc:
-            self.fatal = exc
-            log.critical(
-                "genvisor cannot go on (%s: %s); the process exits so that it is started again",
-                type(exc).__name__,
-                _first_leaf(exc),
-                exc_info=exc,
-            )
-            self.on_fatal(exc)

@@ -1,0 +1,84 @@
+"""The runtime's children: the model loader, the generator (with its worker process) and the
+VRAM monitor, each built from the runtime's settings and parts, under OTP-style child specs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from actors.actor import Actor
+from actors.generator import Generator
+from actors.model_loader import ModelLoader
+from actors.vram.pressure import PressureThresholds
+from actors.vram_monitor import VramMonitor
+from actors.worker.spawn import WorkerLaunch
+from supervisor.core.settings import Settings
+from supervisor.supervision.child_spec import ChildSpec, RestartType
+
+if TYPE_CHECKING:
+    from supervisor.runtime.runtime import Runtime
+
+__all__ = ["default_child_specs", "vram_monitor", "worker_launch"]
+
+
+def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: Any) -> ChildSpec:
+    return ChildSpec(
+        id=child_id,
+        start=start,
+        restart=RestartType.PERMANENT,
+        max_restarts=settings.worker_max_restarts,
+        period_s=settings.worker_restart_period,
+        backoff_base_s=settings.restart_backoff_base,
+        backoff_max_s=settings.restart_backoff_max,
+        shutdown_timeout_s=settings.shutdown_timeout,
+        **kw,
+    )
+
+
+def worker_launch(rt: Runtime) -> WorkerLaunch:
+    s = rt.settings
+    return WorkerLaunch(
+        log_path=s.home / "logs" / "worker.log",
+        device=rt.device,
+        heartbeat_interval=s.heartbeat_interval,
+        memory_limit=s.device_memory_limit,
+        ready_timeout=s.worker_start_timeout,
+    )
+
+
+def _generator(rt: Runtime) -> Generator:
+    return Generator(
+        launch=worker_launch(rt),
+        publish=rt.publish,
+        report=rt.supervisor.tell_nowait,
+        resolve_model=rt.resolve_model,
+        on_worker=rt.worker_changed,
+        on_resolved=rt.accounting.model_resolved,
+        stall_timeout=rt.settings.stall_timeout,
+        cancel_grace=rt.settings.cancel_grace,
+    )
+
+
+def vram_monitor(rt: Runtime) -> VramMonitor:
+    s = rt.settings
+    return VramMonitor(
+        rt.memory_source,
+        publish=rt.publish,
+        device=rt.device,
+        nvml=rt.nvml,
+        sample_deadline=s.vram_sample_deadline,
+        on_degraded=rt.telemetry_changed,
+        cap=rt.accounting.cap,
+        expect_gpu=s.expect_gpu,
+        interval=s.vram_sample_interval,
+        thresholds=PressureThresholds(s.pressure_warning, s.pressure_critical),
+    )
+
+
+def default_child_specs(rt: Runtime) -> list[ChildSpec]:
+    s = rt.settings
+    return [
+        _spec(s, "model_loader", lambda: ModelLoader(s, publish=rt.bus.publish)),
+        _spec(s, "generator", lambda: _generator(rt)),
+        _spec(s, "vram_monitor", lambda: vram_monitor(rt)),
+    ]
