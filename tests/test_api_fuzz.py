@@ -102,7 +102,7 @@ def operations(schema: Any) -> list[Any]:
     return sorted(ops, key=lambda op: (op.path, op.method))
 
 
-def test_no_server_error_on_any_generated_input(api_schema: Any) -> None:
+def test_no_server_error_on_any_generated_input(api_schema: Any, server: ServerProcess) -> None:
     ops = operations(api_schema)
     assert {op.path for op in ops} >= {"/v1/jobs", "/v1/jobs/{job_id}/cancel", "/v1/state"}
     for op, mode in itertools.product(ops, GenerationMode):

@@ -132,6 +132,20 @@ def test_second_servers_are_refused_and_the_first_keeps_serving(
             f"genvisor: port {server.port} on 127.0.0.1 is in use — a genvisor answers there; "
             "choose another with --port or GENVISOR_PORT"
         )
+        # Refused before start-up: no store was created in the other folder.
+        assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["genvisor.lock"]
+
+        # Writers of the model store go through the server that owns the folder.
+        for verb in ("pull", "repair"):
+            through = subprocess.run(
+                [GENVISOR, "models", verb, "tiny-wan"],
+                env=server_env(home),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert through.returncode == 0, through.stderr
+            assert through.stdout.startswith(f"tiny-wan: {verb} done by the server at {server.url}")
 
         # The first server never noticed: ready, and it runs a job to the end.
         read_events_until(

@@ -16,6 +16,7 @@ from actors.model_loader import (
     Operation,
     OperationOutcome,
     PullModel,
+    RepairModel,
     VerifyModel,
 )
 from actors.models.model_errors import ModelStoreError
@@ -40,6 +41,11 @@ def outcome_json(outcome: OperationOutcome) -> dict[str, Any]:
         "files": outcome.files,
         "problems": [str(p) for p in verify.problems] if verify is not None else [],
     }
+
+
+WaitQuery = Annotated[
+    bool, Query(description="answer once the operation has ended, with its outcome")
+]
 
 
 def add_model_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> None:
@@ -79,12 +85,28 @@ def add_model_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) ->
         dependencies=guarded,
         status_code=status.HTTP_202_ACCEPTED,
     )
-    async def pull_model(name: str) -> dict[str, Any]:
-        """Start a download; follow it with model.download.progress events."""
+    async def pull_model(name: str, wait: WaitQuery = False) -> dict[str, Any]:
+        """Start a download; follow it with model.download.progress events (or `wait` for its
+        outcome: what `genvisor models pull` does while a server owns the data folder)."""
+        return await _operation(PullModel(_known(name)), wait)
+
+    @router.post(
+        "/v1/models/{name}/repair",
+        tags=["models"],
+        dependencies=guarded,
+        status_code=status.HTTP_202_ACCEPTED,
+    )
+    async def repair_model(name: str, wait: WaitQuery = False) -> dict[str, Any]:
+        """Quarantine the model's bad files and fetch (or rebuild) them."""
+        return await _operation(RepairModel(_known(name)), wait)
+
+    async def _operation(message: PullModel | RepairModel, wait: bool) -> dict[str, Any]:
         try:
-            op = await _loader().ask(PullModel(_known(name)), Operation, timeout=30.0)
+            op = await _loader().ask(message, Operation, timeout=30.0)
         except (ModelStoreError, ActorNotRunning) as exc:
             raise _store_error(exc) from None
+        if wait:
+            return outcome_json(await op.result())
         return {"model": op.model, "operation": op.kind.value, "done": op.done}
 
     @router.post("/v1/models/{name}/verify", tags=["models"], dependencies=guarded)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeAlias
 
+from supervisor.cli.server_client import request_json
+from supervisor.core.exceptions import HomeInUse
 from supervisor.core.home_lock import HomeLock
 from supervisor.core.settings import CONFIG_DIR, Settings, load_settings
 
@@ -46,14 +49,49 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def owning_home(action: Action) -> Action:
     """`action` holding the data folder's lock: a command that writes the model store never
-    runs beside a server on the same folder (the server's `POST /v1/models/NAME/pull` does the
-    same work through it). A held lock is `HomeInUse`, one line from `genvisor`'s main."""
+    runs beside a server on the same folder. When a server owns the folder, the same work goes
+    through it (`POST /v1/models/NAME/pull|repair?wait=true`): one writer either way."""
 
     def locked(args: argparse.Namespace) -> int:
-        with holding_home(_settings(args).home):
+        home = _settings(args).home
+        try:
+            lock = HomeLock(home)
+            lock.acquire()
+        except HomeInUse as exc:
+            if exc.url is None:
+                raise
+            return _through_server(args, exc.url)
+        try:
             return action(args)
+        finally:
+            lock.release()
 
     return locked
+
+
+def _through_server(args: argparse.Namespace, url: str) -> int:
+    """`models pull|repair NAME` done by the server that owns the data folder."""
+    verb = args.models_action
+    if verb == "pull" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        # The person asked for offline mode; the server would download regardless.
+        print(
+            f"genvisor: [NET.OFFLINE] offline mode (HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']})"
+            f": `models pull {args.name}` cannot download anything",
+            file=sys.stderr,
+        )
+        return 1
+    args.url = url
+    code, body = request_json(
+        args, "POST", f"/v1/models/{args.name}/{verb}", params={"wait": "true"}, timeout=3600.0
+    )
+    if code >= 400 or not body.get("ok", False):
+        what = body.get("error_code") or body.get("code") or "MODEL.STORE"
+        words = body.get("message") or body.get("title") or f"the server answered {code}"
+        print(f"genvisor: [{what}] {args.name}: {words}", file=sys.stderr)
+        return 1
+    files = body.get("files") or []
+    print(f"{args.name}: {verb} done by the server at {url} ({len(files)} files)")
+    return 0
 
 
 @contextmanager

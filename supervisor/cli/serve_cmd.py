@@ -11,6 +11,7 @@ from types import FrameType
 from typing import Any
 
 from supervisor.core.exceptions import PortInUse
+from supervisor.core.home_lock import HomeLock
 
 __all__ = ["EXIT_FATAL", "check_port_free", "register"]
 
@@ -39,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(Path(args.config) if args.config else None, overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
-    # The data folder's lock (inside create_app) comes first: a second genvisor on the same
-    # folder is refused before anything else; then the port, before any worker starts.
-    app = create_app(settings)
+    # Who owns the data folder first (a second genvisor there is refused before anything
+    # else), then the port; only then are the stores opened (create_app claims the folder).
+    probe = HomeLock(settings.home)
+    probe.acquire()
+    probe.release()
     check_port_free(settings.host, settings.port)
+    app = create_app(settings)
     app.state.genvisor.home_lock.describe(url=f"http://{_url_host(settings.host)}:{settings.port}")
     config = uvicorn.Config(
         app,
