@@ -3,10 +3,11 @@
     .venv/bin/python bench/drill.py        (or `make drill`)
 
 Starts `genvisor serve` processes on free loopback ports, each over a fresh data directory (a
-main one, one under a 2 GiB memory cap, one with a cap too small to load, one pointed at a
-loopback Hugging Face Hub), injects each fault from outside (signals, files, mounts, hostile
-clients) while jobs flow, and checks what genvisor did. Prints a table (fault, expected,
-observed, recovery time, jobs lost) and ends with one line:
+main one, two for genvisor's own foundations (second servers, damaged stores, kill -9 and event
+numbers, hostile Origins and text), one under a 2 GiB memory cap, one with a cap too small to
+load, one pointed at a loopback Hugging Face Hub), injects each fault from outside (signals,
+files, mounts, hostile clients) while jobs flow, and checks what genvisor did. Prints a table
+(fault, expected, observed, recovery time, jobs lost) and ends with one line:
 
     drill: N faults, N survived, 0 jobs lost, 0 events lost unannounced
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from drill_env import GENVISOR, Server, say  # noqa: E402
+from drill_foundation_faults import run_foundation_faults  # noqa: E402
 from drill_io_faults import (  # noqa: E402
     hostile_requests,
     output_full,
@@ -54,8 +56,8 @@ def _home(root: Path, name: str, tiny: Path) -> Path:
     return home
 
 
-def _main_server(root: Path, tiny: Path) -> Server:
-    return Server("main", _home(root, "main", tiny), {
+def _main_server(root: Path, tiny: Path, name: str = "main") -> Server:
+    return Server(name, _home(root, name, tiny), {
         "GENVISOR_RESTART_BACKOFF_BASE": "0.05",
         "GENVISOR_STALL_TIMEOUT": "2",
         "GENVISOR_HEARTBEAT_INTERVAL": "0.25",
@@ -96,6 +98,9 @@ def run(root: Path) -> list[FaultResult]:
             results.append(run_fault(FaultResult(fault, expected), lambda r, b=body: b(main, r)))
         main.close()
 
+        # Issue 13's foundations, on servers of their own over fresh data folders.
+        results += run_foundation_faults(lambda name: _main_server(root, tiny, name), servers)
+
         memory = Server("memory", _home(root, "memory", tiny),
                         {"GENVISOR_DEVICE_MEMORY_LIMIT": "2GiB"})  # fmt: skip
         servers.append(memory)
@@ -124,7 +129,7 @@ def run(root: Path) -> list[FaultResult]:
         load.start()
         results.append(run_fault(
             FaultResult(f"OOM at load ({LOAD_CAP} cap, {HEAVY_WEIGHTS_MB} MB weights)",
-                        "VRAM.EXHAUSTED at load, numbers; reset; small ok"),
+                        "VRAM.EXHAUSTED at load, numbers; model degraded; small ok"),
             lambda r: oom_at_load(load, r, HEAVY_MODEL)))  # fmt: skip
         load.close()
 
