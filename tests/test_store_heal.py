@@ -20,7 +20,7 @@ import pytest
 
 from supervisor.core.params import GenerationParams
 from supervisor.core.sqlite_salvage import move_aside
-from supervisor.core.store_health import StoreCorrupted
+from supervisor.core.store_health import StoreCorrupted, tolerate
 from supervisor.errors import Category, ErrorCode, ErrorReport, default_categorizer, explain
 from supervisor.errors.report import Stage
 from supervisor.jobs.job import Job
@@ -393,3 +393,25 @@ def test_real_sqlite_errors_are_categorized(tmp_path: Path) -> None:
     assert categorizer.categorize(pasted).code is ErrorCode.STORE_CORRUPTED
     words = ErrorReport(exc_type="", message="Error: file is not a database")
     assert categorizer.categorize(words).code is ErrorCode.STORE_CORRUPTED
+
+
+def test_a_damaged_knowledge_store_is_skipped_while_running_and_said(tmp_path: Path) -> None:
+    # Learned strategies and calibration are knowledge, not work: a job goes on without them
+    # (`tolerate`), while the store keeps the damage for /readyz and heals at the next start.
+    path = tmp_path / "vram.sqlite3"
+    store = LearnedStrategies(path)
+    keys = [StrategyKey(f"model-{i:04d}-" + "w" * 100, "cpu", 2048, i % 40) for i in range(300)]
+    for key in keys:
+        store.remember(key, RungId.VAE_TILING)
+    with closing(sqlite3.connect(path)) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    found = [tolerate(lambda k=k: store.lookup(k), None, what="learned strategy") for k in keys]
+    assert store.damage is not None  # kept for /readyz
+    assert None in found  # the rows on the cut pages are simply not known any more
+    tolerate(lambda: store.remember(keys[0], RungId.VAE_TILING), None, what="learning a rung")
+    store.close()
+    healed = LearnedStrategies(path)
+    assert healed.heal_report is not None
+    healed.close()

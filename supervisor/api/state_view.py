@@ -13,8 +13,9 @@ from typing import Any
 
 from supervisor import __version__
 from supervisor.core.states import SERVING_STATES
-from supervisor.core.store_health import StoreCorrupted
+from supervisor.core.store_health import StoreCorrupted, tolerate
 from supervisor.jobs import Job
+from supervisor.recovery.learned_strategies import LearnedStrategy
 from supervisor.runtime import HEAVY_MODULES, Runtime
 
 __all__ = ["job_view", "readiness", "state_dump"]
@@ -71,6 +72,8 @@ def state_dump(runtime: Runtime) -> dict[str, Any]:
         **{k: v for k, v in counts.items() if v},
     }
     dump["version"] = __version__
+    none: list[LearnedStrategy] = []
+    learned = tolerate(runtime.strategies.all, none, what="learned strategies")
     dump["learned_strategies"] = [
         {
             "model": s.key.model,
@@ -80,7 +83,7 @@ def state_dump(runtime: Runtime) -> dict[str, Any]:
             "rung": s.rung.value,
             "successes": s.successes,
         }
-        for s in runtime.strategies.all()
+        for s in learned
     ]
     dump["pid"] = os.getpid()
     # Invariant under test: the control process never imports the heavy libraries.

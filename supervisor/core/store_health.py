@@ -8,11 +8,18 @@ so the runtime can serve DEGRADED with a reason a person can act on.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["StoreCorrupted", "StoreHealReport"]
+T = TypeVar("T")
+
+log = logging.getLogger("genvisor.stores")
+
+__all__ = ["StoreCorrupted", "StoreHealReport", "tolerate"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +61,14 @@ class StoreCorrupted(sqlite3.DatabaseError):
         self.path = path
         self.detail = detail
         super().__init__(f"the {store} database is damaged: {detail}; file path: {path}")
+
+
+def tolerate(call: Callable[[], T], default: T, *, what: str) -> T:
+    """`call()` on a store of knowledge (learned strategies, calibration), or `default` when
+    its file is damaged: a job goes on without what was learned rather than fail for it. The
+    store keeps the damage (`damage`), /readyz names it, and the next start heals the file."""
+    try:
+        return call()
+    except StoreCorrupted as exc:
+        log.warning("%s skipped: %s", what, exc)
+        return default

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from actors.worker.protocol import Failed
 from supervisor.core.params import GenerationParams, PipelineOptions
+from supervisor.core.store_health import tolerate
 from supervisor.errors import ErrorCode, Stage
 from supervisor.jobs import Change, ChangeOrigin, Job
 from supervisor.recovery.diagnosis import Diagnosis
@@ -124,7 +125,8 @@ class MemoryRecovery:
 
     def prepare(self, job: Job) -> PreflightRefused | None:
         """Learned rung, then pre-flight. Mutates the job's options and params; records why."""
-        learned = self.strategies.lookup(self.key(job))
+        key = self.key(job)
+        learned = tolerate(lambda: self.strategies.lookup(key), None, what="learned strategy")
         start_at = learned.rung if learned is not None else None
         budget = self._budget(job)
         estimate_fn = _bound(self._estimate, job)
@@ -235,13 +237,17 @@ class MemoryRecovery:
     ) -> None:
         """A job's own peak memory growth: a calibration sample for pre-flight."""
         if growth is not None and growth > 0 and self._calibrate is not None:
-            self._calibrate(job, options, params, growth)
+            calibrate = self._calibrate
+            tolerate(
+                lambda: calibrate(job, options, params, growth), None, what="calibration sample"
+            )
 
     def succeeded(self, job: Job) -> None:
         recovered = job.tried(ChangeOrigin.RECOVERY)
         if recovered and job.rungs_tried:
             rung = RungId(job.rungs_tried[-1])
-            self.strategies.remember(self.key(job), rung)
+            key = self.key(job)
+            tolerate(lambda: self.strategies.remember(key, rung), None, what="learning a rung")
             log.info("learned: %s starts at %s next time", job.model, rung.value)
 
 

@@ -19,6 +19,7 @@ from actors.worker.protocol import Ready
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import GenvisorError
 from supervisor.core.params import GenerationParams, PipelineOptions
+from supervisor.core.store_health import tolerate
 from supervisor.errors import ErrorReport, Stage
 from supervisor.jobs import Job
 from supervisor.recovery.calibration import CalibrationStore, PeakSample
@@ -112,7 +113,12 @@ class MemoryAccounting:
         if weights is None or profile is None:
             return None
         if calibrated:
-            profile = self.calibration.calibrated(profile, job.model, self.device)
+            base = profile
+            profile = tolerate(
+                lambda: self.calibration.calibrated(base, job.model, self.device),
+                base,
+                what="calibrated estimate",
+            )
         return estimate_peak(profile, weights, options, params)
 
     def calibrate(
