@@ -27,9 +27,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from supervisor.api.app import create_app
     from supervisor.core.settings import load_settings
     from supervisor.core.structured_logging import configure_logging
 
@@ -46,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     probe.acquire()
     probe.release()
     check_port_free(settings.host, settings.port)
+    # Imported only now: a refused second start answers without loading the web stack.
+    import uvicorn
+
+    from supervisor.api.app import create_app
+
     app = create_app(settings)
     app.state.genvisor.home_lock.describe(url=f"http://{_url_host(settings.host)}:{settings.port}")
     config = uvicorn.Config(
