@@ -256,7 +256,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
 
 def _not_accepting(runtime: Runtime, state: State) -> ApiError:
     """503 for a halted (or stopping) supervisor, saying why it halted: the code and reason of
-    the transition that halted it (restart intensity, a job nothing could fit, ...)."""
+    the transition that halted it (a child past its restart intensity)."""
     history = runtime.supervisor.machine.history
     last = history[-1] if history else None
     code = ErrorCode.WORKER_CRASHED if state is State.HALTED else ErrorCode.CONFIG_INVALID
