@@ -92,6 +92,7 @@ def test_generate_end_to_end_shows_progress_and_saves_the_mp4(
     assert "stage denoise" in out
     assert "denoise step 2/2" in out
     assert "succeeded in" in out
+    assert out.count("queued at position") <= 1  # the answer and the event say it once
     video = tmp_path / f"{job_id}.mp4"
     assert f"saved {video}" in out
     assert video.read_bytes()[4:8] == b"ftyp"
@@ -291,3 +292,21 @@ def _drain(lines: queue.Queue[str | None]) -> Iterator[str]:
     """The rest of the output; the process has ended, so its pipe ends (None) soon."""
     while (line := lines.get(timeout=30)) is not None:
         yield line
+
+
+def test_state_for_a_person_prints_no_none_and_survives_a_closed_pipe(
+    server: ServerProcess,
+) -> None:
+    shown = cli("state", "--url", server.url)
+    assert shown.returncode == 0, shown.stderr
+    assert "None" not in shown.stdout
+    # A reader that goes away (`| head -1`) ends the command quietly.
+    piped = subprocess.run(
+        f"{GENVISOR} state --graph --url {server.url} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert piped.stdout.strip() == "---"
+    assert "Traceback" not in piped.stderr

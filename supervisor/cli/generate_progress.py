@@ -30,6 +30,7 @@ class JobProgressView:
 
     def __init__(self, job_id: str, model: str, params: dict[str, Any]) -> None:
         self.job_id = job_id
+        self._said_position: int | None = None
         self.console = Console(highlight=False)
         self.progress = Progress(
             TextColumn("[bold]{task.description:<8}"),
@@ -61,7 +62,8 @@ class JobProgressView:
         self.progress.stop()
 
     def queued(self, position: int | None) -> None:
-        if position:
+        if position and position != self._said_position:
+            self._said_position = position
             self.console.print(f"queued at position {position}")
 
     def reconnecting(self, since: int | None, why: str) -> None:
@@ -72,7 +74,8 @@ class JobProgressView:
         data: dict[str, Any] = event.get("data", {})
         out = self.progress.console
         if kind == "job.queued" and data.get("position"):
-            out.print(f"queued at position {data['position']}")
+            # The submit's answer already said it, unless the job moved (a retry, a restart).
+            self.queued(int(data["position"]))
         elif kind == "job.started":
             options = ", ".join(f"{k}={v}" for k, v in (data.get("options") or {}).items() if v)
             out.print(

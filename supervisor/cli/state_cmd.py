@@ -131,7 +131,8 @@ def render_state(body: dict[str, Any]) -> None:
     queue = body.get("queue", {})
     console.print(
         "bus: "
-        + ", ".join(f"{k} {v}" for k, v in bus.items())
+        + ", ".join(f"{k} {v}" for k, v in bus.items() if v is not None)
         + "  ·  queue: "
-        + ", ".join(f"{k} {v}" for k, v in queue.items())
+        # Nothing running is said by leaving it out, never as "None".
+        + ", ".join(f"{k} {v}" for k, v in queue.items() if v is not None)
     )
