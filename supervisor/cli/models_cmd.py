@@ -85,9 +85,8 @@ def _make_tiny(args: argparse.Namespace, out: Path) -> int:
         print(json.dumps(result))
     else:
         verb = "built" if result["built"] else "already present"
-        print(
-            f"{build.path.name} {verb}: {build.path} ({build.size_bytes} bytes, sha256 {build.digest})"
-        )
+        size = f"{build.size_bytes} bytes, sha256 {build.digest}"
+        print(f"{build.path.name} {verb}: {build.path} ({size})")
     return 0
 
 
