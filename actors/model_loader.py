@@ -43,7 +43,6 @@ __all__ = [
     "LoadFailed",
     "ModelList",
     "ModelLoader",
-    "OfferFallback",
     "Operation",
     "OperationKind",
     "OperationOutcome",
@@ -101,14 +100,6 @@ class LoadFailed:
 
     name: str
     error_code: ErrorCode
-
-
-@dataclass(frozen=True, slots=True)
-class OfferFallback:
-    """`name` can not be used (e.g. does not fit). Reply: ResolvedModel of its fallback."""
-
-    name: str
-    reason: str
 
 
 class OperationKind(StrEnum):
@@ -227,8 +218,6 @@ class ModelLoader(Actor):
                 return await self._resolve(name, allow_fallback)
             case LoadFailed(name=name, error_code=code):
                 return await self._load_failed(name, code)
-            case OfferFallback(name=name, reason=reason):
-                return await self._fallback_or_raise(name, reason, ErrorCode.MODEL_NOT_FOUND)
         raise TypeError(f"model_loader got an unknown message {message!r}")
 
     # -- availability ----------------------------------------------------------------------

@@ -78,7 +78,12 @@ def vram_monitor(rt: Runtime) -> VramMonitor:
 def default_child_specs(rt: Runtime) -> list[ChildSpec]:
     s = rt.settings
     return [
-        _spec(s, "model_loader", lambda: ModelLoader(s, publish=rt.bus.publish)),
+        # One registry for the runtime and its loader (the API validates names against it).
+        _spec(
+            s,
+            "model_loader",
+            lambda: ModelLoader(s, publish=rt.bus.publish, registry=rt.registry),
+        ),
         _spec(s, "generator", lambda: _generator(rt)),
         _spec(s, "vram_monitor", lambda: vram_monitor(rt)),
     ]
