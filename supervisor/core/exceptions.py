@@ -50,6 +50,7 @@ __all__ = [
     "WorkerError",
     "WorkerHung",
     "WorkerStartFailed",
+    "first_leaf",
 ]
 
 
@@ -239,3 +240,10 @@ class PortInUse(GenvisorError):
         super().__init__(
             f"port {port} on {host} is in use — {by}; choose another with --port or GENVISOR_PORT"
         )
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups: what a task group's failure was."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

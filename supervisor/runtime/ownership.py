@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskStatus
 
-from supervisor.core.exceptions import HomeInUse
+from supervisor.core.exceptions import HomeInUse, first_leaf
 
 if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
@@ -31,12 +31,6 @@ FOLLOWER_POLL_S = 0.5
 
 def terminate_process(exc: BaseException) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def follow_owner(rt: Runtime) -> None:
@@ -84,7 +78,7 @@ async def run_or_exit(
         log.critical(
             "genvisor cannot go on (%s: %s); the process exits so that it is started again",
             type(exc).__name__,
-            _first_leaf(exc),
+            first_leaf(exc),
             exc_info=exc,
         )
         rt.on_fatal(exc)

@@ -19,7 +19,7 @@ from actors.actor import Actor
 from actors.generator import JobOutcome
 from supervisor import __version__
 from supervisor.bus import events as ev
-from supervisor.core.exceptions import ActorNotRunning, InvalidTransition
+from supervisor.core.exceptions import ActorNotRunning, InvalidTransition, first_leaf
 from supervisor.errors.report import ErrorReport, Stage
 from supervisor.recovery.planner import RecoveryPlanner, no_recovery
 from supervisor.supervision.child_spec import ChildSpec
@@ -140,7 +140,7 @@ class Supervisor(JobFailurePipeline, Actor):
                     self._tell(ChildStarted(record.spec.id, generation))
         except Exception as exc:  # an ExceptionGroup from the task group, or a failed start
             kind = ExitKind.ABNORMAL
-            report = ErrorReport.from_exception(_first_leaf(exc), stage=Stage.WORKER)
+            report = ErrorReport.from_exception(first_leaf(exc), stage=Stage.WORKER)
         finally:
             if record.done is not None:
                 record.done.set()
@@ -335,9 +335,3 @@ class Supervisor(JobFailurePipeline, Actor):
 
 async def _run_actor(actor: Actor, *, task_status: anyio.abc.TaskStatus[None]) -> None:
     await actor.run(task_status=task_status)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
