@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
 	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH_PIN)"
+	# The status page's browser tests drive a real Chromium: Debian's package (Playwright's own
+	# download needs the internet), installed only when missing.
+	test -x /usr/bin/chromium || apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
 serve: install

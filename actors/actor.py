@@ -3,7 +3,7 @@
 An actor is an anyio task. Everything it owns is touched only from its own loop (and from the
 background tasks it spawns in its own task group); others reach it through messages alone.
 A message whose handler raises crashes the actor, as in OTP: the exception leaves `run()` and the
-supervisor decides what happens next. An `ask` pending at that moment gets `ActorCrashed`.
+supervisor decides what happens next. An `ask` pending at that moment gets `ActorCrashedError`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from supervisor.core.exceptions import ActorCrashed, ActorNotRunning, AskTimeout, MailboxFull
+from supervisor.core.exceptions import (
+    ActorCrashedError,
+    ActorNotRunning,
+    AskTimeout,
+    MailboxFull,
+)
 from supervisor.core.structured_logging import current_actor
 
 __all__ = ["Actor", "ActorStatus"]
@@ -168,7 +173,7 @@ class Actor(ABC):
     def _fail_pending(self, exc: BaseException) -> None:
         reply, self._pending = self._pending, None
         if reply is not None and not reply.done.is_set():
-            reply.error = ActorCrashed(actor=self.name, cause=exc)
+            reply.error = ActorCrashedError(actor=self.name, cause=exc)
             reply.done.set()
         # Invariant: after a crash nobody waits forever on an ask still in the mailbox.
         while True:
@@ -177,7 +182,7 @@ class Actor(ABC):
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
             if envelope.reply is not None:
-                envelope.reply.error = ActorCrashed(actor=self.name, cause=exc)
+                envelope.reply.error = ActorCrashedError(actor=self.name, cause=exc)
                 envelope.reply.done.set()
 
     # -- messaging ---------------------------------------------------------------------------

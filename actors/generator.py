@@ -28,11 +28,13 @@ from actors.worker.protocol import (
     Cancelled,
     Done,
     Failed,
+    Fit,
     Generate,
     GenerationParams,
     Heartbeat,
     Load,
     Loaded,
+    PipelineClass,
     PipelineOptions,
     Progress,
     Ready,
@@ -65,6 +67,10 @@ class RunJob:
     repair_model: bool = False
     # Run in a new worker process (after a memory failure left the old one's memory dirty).
     fresh_worker: bool = False
+    # Stored inputs (paths under the home's inputs folder) and how they meet the size.
+    image_path: str | None = None
+    last_image_path: str | None = None
+    fit: Fit = Fit.CROP
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +79,12 @@ class ModelChoice:
 
     name: str
     path: Path
-    # Set when another model stands in (the registry's fallback), in words.
-    substitution: str | None = None
+    # Set when the registry's fallback model runs instead of the one asked for, in words.
+    fallback: str | None = None
     # Set when the model's files were repaired before this load, in words.
     repaired: str | None = None
+    # The registry entry's pipeline class (the worker instantiates no other).
+    pipeline_class: PipelineClass = PipelineClass.WAN
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +258,12 @@ class Generator(Actor):
             if self._on_resolved is not None:
                 await self._on_resolved(choice.name, choice.path)
             await self.worker.send(
-                Load(model_path=str(choice.path), model_name=choice.name, options=job.options)
+                Load(
+                    model_path=str(choice.path),
+                    model_name=choice.name,
+                    options=job.options,
+                    pipeline_class=choice.pipeline_class,
+                )
             )
         await self.worker.send(
             Generate(
@@ -260,6 +273,9 @@ class Generator(Actor):
                 output_dir=str(job.output_dir),
                 decode_only_from=job.decode_only_from,
                 applied_changes=job.applied_changes,
+                image_path=job.image_path,
+                last_image_path=job.last_image_path,
+                fit=job.fit,
             )
         )
 
@@ -321,6 +337,7 @@ class Generator(Actor):
                             step=msg.step,
                             total_steps=msg.total,
                             elapsed_s=msg.elapsed_s,
+                            expert=msg.expert,
                         )
                     )
                 case Loaded():

@@ -235,7 +235,9 @@ class ModelLoader(Actor):
 
     def _remedy(self, entry: ModelEntry, state: StoreState) -> str:
         if entry.source is ModelSource.LOCAL:
-            verb = "make-tiny" if state is StoreState.MISSING else f"repair {entry.name}"
+            variant = entry.tiny_variant
+            make = "make-tiny" if variant in (None, "t2v") else f"make-tiny --variant {variant}"
+            verb = make if state is StoreState.MISSING else f"repair {entry.name}"
             return f"Run `genvisor models {verb}`"
         verb = "pull" if state is StoreState.MISSING else "repair"
         return f"Run `genvisor models {verb} {entry.name}`"

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from drill_env import GENVISOR, Server, say  # noqa: E402
 from drill_foundation_faults import run_foundation_faults  # noqa: E402
+from drill_image_faults import hostile_uploads, image_job_oom  # noqa: E402
 from drill_io_faults import (  # noqa: E402
     hostile_requests,
     output_full,
@@ -101,7 +102,11 @@ def run(root: Path) -> list[FaultResult]:
         # Issue 13's foundations, on servers of their own over fresh data folders.
         results += run_foundation_faults(lambda name: _main_server(root, tiny, name), servers)
 
-        memory = Server("memory", _home(root, "memory", tiny),
+        memory_home = _home(root, "memory", tiny)
+        subprocess.run([sys.executable, "-m", "actors.worker.tiny_rebuild",
+                        str(memory_home / "models" / "tiny-wan-i2v"), "i2v"],
+                       check=True, capture_output=True)  # fmt: skip
+        memory = Server("memory", memory_home,
                         {"GENVISOR_DEVICE_MEMORY_LIMIT": "2GiB"})  # fmt: skip
         servers.append(memory)
         memory.start()
@@ -113,6 +118,14 @@ def run(root: Path) -> list[FaultResult]:
             FaultResult("OOM at denoise (2 GiB cap, 1280x1280x33)",
                         "ladder recovers, or clear VRAM.EXHAUSTED"),
             lambda r: oom_at_denoise(memory, r)))  # fmt: skip
+        results.append(run_fault(
+            FaultResult("image job, OOM under 2 GiB (uploaded first frame, 832x480x17)",
+                        "recovers by the ladder, same input, MP4"),
+            lambda r: image_job_oom(memory, r)))  # fmt: skip
+        results.append(run_fault(
+            FaultResult("hostile uploads (bomb, PDF as .png, 21 MiB, truncated, no file)",
+                        "413/422 naming file; nothing stored or queued"),
+            lambda r: hostile_uploads(memory, r, memory_home)))  # fmt: skip
         memory.close()
 
         load_home = _home(root, "load", tiny)

@@ -92,7 +92,7 @@ async def _supervised(runtime: Any, log: Any, seed: int) -> dict[str, float]:
     job = Job(id=new_job_id(), model=MODEL, params=_params(seed))
     submitted_wall = time.time()
     submitted = time.perf_counter()
-    runtime.submit(job)
+    await runtime.submit(job)
     submit_call = time.perf_counter() - submitted
     end = await log.wait_job(job.id, "job.succeeded", "job.failed", limit=120)
     if end.event.type.value != "job.succeeded":
@@ -101,7 +101,7 @@ async def _supervised(runtime: Any, log: Any, seed: int) -> dict[str, float]:
     started = log.of_job(job.id, "job.started")[0].event.ts
     steps = log.of_job(job.id, "job.progress")
     first_progress = steps[0].event.ts
-    stored = runtime.store.get(job.id)
+    stored = await runtime.store.get(job.id)
     timings = stored.result["timings"]
     compute = sum(timings.values())
     # The save stage's own progress event is published when the worker starts saving.

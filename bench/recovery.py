@@ -97,7 +97,7 @@ async def _run(runtime: Runtime, log: EventLog, job: Job, label: str) -> dict[st
     before = proc_status(pid)
     with AddressSpaceSampler(pid) as sampler:
         started = time.perf_counter()
-        runtime.submit(job)
+        await runtime.submit(job)
         end = await log.wait_job(job.id, "job.succeeded", "job.failed", limit=170)
     if end.event.type.value != "job.succeeded":
         raise RuntimeError(f"{label} failed: {end.event.to_json()[:600]}")
@@ -108,7 +108,7 @@ async def _run(runtime: Runtime, log: EventLog, job: Job, label: str) -> dict[st
         before = proc_status(pid)
         reset = False
     after = proc_status(pid)
-    stored = runtime.store.get(job.id)
+    stored = await runtime.store.get(job.id)
     assert stored is not None
     assert stored.result is not None
     wall = end.perf - started

@@ -9,6 +9,8 @@ Served (repo id `org/name`, revision `main` or the commit):
   HEAD/GET /{repo}/resolve/{rev}/{path}         X-Repo-Commit, ETag, X-Linked-Etag,
                                                 X-Linked-Size, Content-Length, Accept-Ranges,
                                                 Range -> 206 with Content-Range
+`HubServer.file_metadata = False` answers the model info with file names only (no size, blob id
+or LFS hash), as some mirrors do; the tree and paths-info APIs still describe each file.
 Faults (`HubServer.add_fault`): drop the connection mid-file, an HTTP status (500, 503, 404,
 401/403 gated with the Hub's X-Error-Code headers), a delay, wrong bytes; each for N requests.
 """
@@ -121,6 +123,8 @@ class HubServer:
     def __init__(self, repo: HubRepo) -> None:
         self.repo = repo
         self.gated = False
+        # False: the model info lists files by name only, as some Hub mirrors answer.
+        self.file_metadata = True
         self.requests: list[RequestRecord] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -266,7 +270,10 @@ class _HubHandler(BaseHTTPRequestHandler):
                 "gated": "manual" if self.server_hub.gated else False,
                 "tags": ["diffusers"], "library_name": "diffusers",
                 "lastModified": "2025-01-01T00:00:00.000Z",
-                "siblings": [repo.sibling(f) for f in repo.files.values()],
+                "siblings": [
+                    repo.sibling(f) if self.server_hub.file_metadata else {"rfilename": f.path}
+                    for f in repo.files.values()
+                ],
             }  # fmt: skip
             self._json(body, "api", method, "api")
         elif rest[0] == "tree" and len(rest) >= 2:

@@ -53,7 +53,7 @@ async def test_cancel_of_a_job_waiting_on_a_slow_repair_ends_it_at_once(
         hub.add_fault(Fault(FaultKind.SLOW, path=TEXT, method="GET", times=1, delay_s=DELAY_S))
 
         params = GenerationParams(prompt="a kite", width=32, height=32, num_frames=5, steps=2)
-        job = runtime.submit(Job(id=new_job_id(), model=MODEL, params=params))
+        job = await runtime.submit(Job(id=new_job_id(), model=MODEL, params=params))
         await log.wait_for(
             lambda: any(
                 e.data.availability.value == "repairing"  # type: ignore[attr-defined]
@@ -69,7 +69,7 @@ async def test_cancel_of_a_job_waiting_on_a_slow_repair_ends_it_at_once(
         # A guard well inside the hold: the download is still held back when the job ends.
         await log.wait_job(job.id, "job.cancelled", limit=CANCELLED_WITHIN_S)
         ended = time.monotonic() - asked
-        stored = runtime.store.get(job.id)
+        stored = await runtime.store.get(job.id)
         assert stored is not None
         assert stored.status is JobStatus.CANCELLED
         assert not log.of_type("job.failed")

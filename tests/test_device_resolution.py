@@ -17,7 +17,7 @@ from actors.vram.device import host_cpu_name, resolve_device
 from actors.vram.memory_sources import HostMemorySource, NvmlSource
 from actors.worker.protocol import Ready
 from supervisor.bus.events import VramSource
-from supervisor.core.params import GenerationParams
+from supervisor.core.params import Dtype, GenerationParams
 from supervisor.core.settings import load_settings
 from supervisor.jobs import Job, new_job_id
 from supervisor.runtime import Runtime
@@ -82,7 +82,7 @@ def _runtime(home: Path, nvml: Any, **settings: Any) -> Iterator[Runtime]:
         # Never run: its supervisor's mailbox is closed here (run would close it).
         runtime.supervisor.stop()
         runtime.supervisor._receive.close()
-        runtime.store.close()
+        runtime.store.sync.close()
         runtime.strategies.close()
         runtime.journal.close()
         runtime.home_lock.release()
@@ -99,6 +99,8 @@ async def test_auto_with_a_visible_gpu_is_given_to_every_actor(tmp_path: Path) -
         assert runtime.device == "cuda:0"
         assert worker_launch(runtime).device == "cuda:0"
         assert runtime.base_options().device == "cuda:0"
+        # dtype "auto" follows the device: bfloat16 on a GPU, as Wan's weights are published.
+        assert runtime.base_options().dtype is Dtype.BFLOAT16
         assert runtime.accounting.device == "cuda:0"
         monitor = vram_monitor(runtime)
         with anyio.fail_after(10):
@@ -117,6 +119,7 @@ async def test_a_cpu_job_is_budgeted_from_host_memory_with_a_gpu_visible(tmp_pat
     fake = FakeNvml(name=RTX, total=16 * GiB, free=14 * GiB)
     with _runtime(tmp_path / "home", fake, device="cpu", expect_gpu=True) as runtime:
         assert runtime.device == "cpu"
+        assert runtime.base_options().dtype is Dtype.FLOAT32
         # The worker here is this process: the budget counts what it holds, as for a worker.
         ready = Ready(pid=os.getpid(), device="cpu", torch_version="-", diffusers_version="-")
         runtime.accounting.worker_changed(ready)
@@ -137,3 +140,8 @@ async def test_a_cpu_job_is_budgeted_from_host_memory_with_a_gpu_visible(tmp_pat
         assert budget == sample.free + (sample.process_used or 0)
         assert budget != fake.free  # not the GPU's 14 GiB free
         assert runtime.memory.key(_job()).device == f"cpu:{host_cpu_name()}"
+
+
+def test_an_explicit_dtype_is_kept_on_any_device(tmp_path: Path) -> None:
+    with _runtime(tmp_path / "home", FakeNvml(devices=0), device="cpu", dtype="bfloat16") as rt:
+        assert rt.base_options().dtype is Dtype.BFLOAT16

@@ -15,11 +15,12 @@ import pytest
 from actors.actor import Actor
 from actors.generator import RunJob
 from supervisor.core.params import GenerationParams
-from supervisor.jobs import Job, JobStatus, JobStore
+from supervisor.jobs import AsyncJobStore, Job, JobStatus, JobStore
 from supervisor.recovery.diagnosis import Diagnosis
 from supervisor.recovery.ladder import load_ladder
 from supervisor.recovery.learned_strategies import LearnedStrategies
 from supervisor.recovery.memory import MemoryRecovery
+from supervisor.supervision.job_decider import JobDecider
 from supervisor.supervision.job_flow import JobFlow
 from supervisor.supervision.state_machine import State
 
@@ -67,11 +68,10 @@ async def test_preflight_runs_only_when_a_job_may_start(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     generator = RecordingGenerator()
     flow = JobFlow(
-        store,
+        AsyncJobStore(store),
         publish=lambda data: None,
         generator=lambda: generator,
-        output_dir=tmp_path,
-        crash_retries=1,
+        decider=JobDecider(output_dir=tmp_path, crash_retries=1, memory=memory.planner),
         diagnose=_diagnose,  # type: ignore[arg-type]
         memory=memory,
     )
@@ -84,23 +84,23 @@ async def test_preflight_runs_only_when_a_job_may_start(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(generator.run)
             for state in (State.STARTING, State.HALTED, State.FAILED, State.RECOVERING) * 5:
-                flow.dispatch(state)  # every supervisor message while not serving
+                await flow.dispatch(state)  # every supervisor message while not serving
             assert preflights == []
             assert flow.running is None  # recovering, but no job is the one being recovered
 
             flow.recovering_job_id = "retried"
-            flow.dispatch(State.RECOVERING)
+            await flow.dispatch(State.RECOVERING)
             # Behind the fresh job in the queue, and started without a pre-flight (it ran).
             assert flow.running is not None
             assert flow.running.id == "retried"
             assert preflights == []
             for _ in range(5):
-                flow.dispatch(State.RECOVERING)  # it runs: nothing else starts
+                await flow.dispatch(State.RECOVERING)  # it runs: nothing else starts
             assert preflights == []
 
             assert flow.take_running("retried") is not None
             flow.recovering_job_id = None
-            flow.dispatch(State.READY)
+            await flow.dispatch(State.READY)
             assert flow.running is not None
             assert flow.running.id == fresh.id
             assert preflights == ["fresh"]  # once, when it could start

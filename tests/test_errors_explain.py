@@ -176,13 +176,18 @@ def test_traceback_text_uses_the_last_exception() -> None:
 def test_cli_json_from_argument(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "--json", OOM]) == 0
     out = json.loads(capsys.readouterr().out)
+    user = explain(report_from_text(OOM))
     assert out == {
         "category": "vram_memory",
         "severity": "high",
         "code": "VRAM.EXHAUSTED",
         "recoverable": True,
         "title": "Not enough memory on GPU 0",
+        "message": user.message,
+        "suggestions": user.suggestions,
     }
+    assert "14.2 GiB" in out["message"]
+    assert out["suggestions"][0].startswith("Enable VAE tiling")
 
 
 def test_cli_reads_a_traceback_from_stdin(
@@ -203,7 +208,8 @@ def test_cli_lines_gives_one_json_object_per_line(
     assert main(["explain", "--lines"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["code"] for r in rows] == ["FS.READ_ONLY", "MODEL.CORRUPTED", "UNKNOWN.ERROR"]
-    assert all(set(r) == {"category", "severity", "code", "recoverable", "title"} for r in rows)
+    keys = {"category", "severity", "code", "recoverable", "title", "message", "suggestions"}
+    assert all(set(r) == keys for r in rows)
 
 
 def test_cli_refuses_empty_input(
@@ -212,3 +218,34 @@ def test_cli_refuses_empty_input(
     monkeypatch.setattr("sys.stdin", io.StringIO("  \n"))
     assert main(["explain"]) == 2
     assert "no error text" in capsys.readouterr().err
+
+
+def test_a_connection_reset_is_a_network_failure_not_a_cache_statement(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = (
+        "urllib3.exceptions.ProtocolError: ('Connection aborted.', "
+        "ConnectionResetError(104, 'Connection reset by peer'))"
+    )
+    assert main(["explain", "--json", text]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["category"], out["code"]) == ("network", "NET.CONNECTION_LOST")
+    assert "cache" not in out["message"].lower()
+    # Unreachable is said as unreachable, with no claim about what the cache holds.
+    offline = explain(
+        report_from_text(
+            "requests.exceptions.ConnectionError: Failed to establish "
+            "a new connection: [Errno 111] Connection refused"
+        )
+    )
+    assert offline.code is ErrorCode.NET_OFFLINE
+    assert "not in the local cache" not in offline.message
+
+
+def test_a_damaged_sqlite_file_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["explain", "--json", "sqlite3.DatabaseError: database disk image is malformed"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert (out["category"], out["code"]) == ("file_system", "STORE.CORRUPTED")
+    assert any("moves a damaged one aside" in s for s in out["suggestions"])

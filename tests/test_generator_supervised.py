@@ -50,10 +50,10 @@ async def _step_reached(log: EventLog, job_id: str, step: int) -> None:
 async def test_job_runs_and_reports_every_step_and_stage(tmp_path: Path, tiny_model: Path) -> None:
     async with running_runtime(make_home(tmp_path, tiny_model)) as (runtime, log):
         await runtime.supervisor.wait_settled()
-        job = runtime.submit(_job())
+        job = await runtime.submit(_job())
         done = await log.wait_job(job.id, "job.succeeded", "job.failed")
         assert done.type.value == "job.succeeded", done.to_json()
-        stored = runtime.store.get(job.id)
+        stored = await runtime.store.get(job.id)
         assert stored is not None
         assert stored.status is JobStatus.SUCCEEDED
         assert stored.output_path is not None
@@ -76,7 +76,7 @@ async def test_sigkill_mid_job_walks_recovery_and_retries(tmp_path: Path, tiny_m
     async with running_runtime(home, restart_backoff_base=0.01) as (runtime, log):
         await runtime.supervisor.wait_settled()
         first_pid = _worker_pid(runtime)
-        job = runtime.submit(_job(steps=48, size=128, frames=17))
+        job = await runtime.submit(_job(steps=48, size=128, frames=17))
         await _step_reached(log, job.id, 1)
         os.kill(first_pid, signal.SIGKILL)
         done = await log.wait_job(job.id, "job.succeeded", "job.failed")
@@ -92,7 +92,7 @@ async def test_sigkill_mid_job_walks_recovery_and_retries(tmp_path: Path, tiny_m
         retrying = await log.wait_job(job.id, "job.retrying")
         assert retrying.data.error_code == "WORKER.CRASHED"  # type: ignore[attr-defined]
         assert _worker_pid(runtime) != first_pid
-        stored = runtime.store.get(job.id)
+        stored = await runtime.store.get(job.id)
         assert stored is not None
         assert stored.attempts == 2
 
@@ -115,7 +115,7 @@ async def test_silent_worker_is_killed_as_hung_and_replaced(
         ]
         assert failed[0].error_code == "WORKER.HUNG"  # type: ignore[attr-defined]
         assert _worker_pid(runtime) != first_pid
-        job = runtime.submit(_job())
+        job = await runtime.submit(_job())
         done = await log.wait_job(job.id, "job.succeeded", "job.failed")
         assert done.type.value == "job.succeeded"
 
@@ -127,7 +127,7 @@ async def test_cancel_mid_denoise_stops_and_leaves_no_output(
 
     async with running_runtime(make_home(tmp_path, tiny_model)) as (runtime, log):
         await runtime.supervisor.wait_settled()
-        job = runtime.submit(_job(steps=1000, size=256, frames=33))
+        job = await runtime.submit(_job(steps=1000, size=256, frames=33))
         await _step_reached(log, job.id, 2)
         await runtime.supervisor.ask(CancelRequest(job.id), object)
         await log.wait_job(job.id, "job.cancelled")
@@ -137,7 +137,7 @@ async def test_cancel_mid_denoise_stops_and_leaves_no_output(
             if e.data.job_id == job.id and e.data.step  # type: ignore[attr-defined]
         ]
         assert max(steps) < 1000
-        stored = runtime.store.get(job.id)
+        stored = await runtime.store.get(job.id)
         assert stored is not None
         assert stored.status is JobStatus.CANCELLED
         assert list(runtime.output_dir.iterdir()) == []

@@ -1,11 +1,15 @@
-"""The job store's queue order and restart recovery, on a real SQLite file (fast, no server)."""
+"""The job store's queue order and restart recovery, on a real SQLite file (fast, no server),
+through the synchronous store and through its worker thread (`AsyncJobStore`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
+import pytest
+
 from supervisor.core.params import GenerationParams
-from supervisor.jobs import Job, JobStatus, JobStore
+from supervisor.jobs import AsyncJobStore, Job, JobStatus, JobStore
 
 PARAMS = GenerationParams(prompt="a boat", width=32, height=32, num_frames=5, steps=2)
 
@@ -67,3 +71,42 @@ def test_a_retry_keeps_its_place_and_running_jobs_come_back_after_a_crash(tmp_pa
     assert _drain(again) == ["a", "b", "c"]
     assert again.counts()["succeeded"] == 3
     again.close()
+
+
+@pytest.mark.anyio
+async def test_through_the_worker_thread_calls_keep_the_order_they_were_made(
+    tmp_path: Path,
+) -> None:
+    store = AsyncJobStore.open(tmp_path / "jobs.sqlite3")
+    arrived: list[str] = []
+
+    async def submit(name: str, created: float, priority: int = 0) -> None:
+        job = await store.submit(_job(name, created=created, priority=priority))
+        arrived.append(job.id)  # committed: durable before the caller goes on
+
+    with anyio.fail_after(10):
+        # Started in this order, each waiting its turn on the store's one thread.
+        async with anyio.create_task_group() as tg:
+            for name, created, priority in (
+                ("old", 1.0, 0),
+                ("urgent", 5.0, 2),
+                ("tie-a", 3.0, 0),
+                ("tie-b", 3.0, 0),
+                ("new", 9.0, 0),
+            ):
+                tg.start_soon(submit, name, created, priority)
+        assert arrived == ["old", "urgent", "tie-a", "tie-b", "new"]
+        assert await store.waiting() == 5
+        order = []
+        while (job := await store.next_queued()) is not None:
+            order.append(job.id)
+            job.status = JobStatus.RUNNING
+            await store.save(job)
+            assert await store.queue_position(job.id) is None  # the write came first
+            job.status = JobStatus.SUCCEEDED
+            await store.save(job)
+        assert order == ["urgent", "old", "tie-a", "tie-b", "new"]
+        assert (await store.counts())["succeeded"] == 5
+        # Committed, then placed, in one turn of the thread.
+        assert await store.submit_and_place(_job("late", created=10.0)) == 1
+        await store.close()

@@ -1,7 +1,9 @@
 """Nothing blocks the loop: with NVML wedged and the event journal's lock held for seconds, an
 in-process runtime (real worker process, real supervisor, real SQLite journal) keeps receiving
 its worker's heartbeats, `/healthz` and `/v1/state` answer, and the service says what is wrong
-(degraded: device telemetry) and recovers when the driver does.
+(degraded: device telemetry) and recovers when the driver does. With the job store's lock held
+for seconds (a write that takes that long), heartbeats and `/healthz` flow too, and a submit is
+answered 202 only once its job is committed.
 
 The VRAM monitor reads a FAKE GPU (tests/fake_nvml.py: this machine has none) while the worker
 runs on this machine's CPU."""
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import httpx
 import pytest
@@ -21,9 +24,10 @@ from fastapi import FastAPI
 from actors.generator import Generator
 from actors.vram.memory_sources import NvmlSource
 from supervisor.api.http_api import build_router
+from supervisor.jobs import JobStatus
 from supervisor.runtime.start_up import TELEMETRY_KEY
 from tests.fake_nvml import FakeNvml
-from tests.runtime_harness import running_runtime
+from tests.runtime_harness import make_home, running_runtime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -50,8 +54,11 @@ class _HeldLock:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
         self._release.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
         self._thread.join(30.0)
 
 
@@ -127,4 +134,65 @@ async def test_heartbeats_and_healthz_flow_while_nvml_and_the_journal_are_blocke
         f"blocked {BLOCK_S:g} s: {len(health)} /healthz, worst {max(health) * 1000:.1f} ms; "
         f"{len(state)} /v1/state, worst {max(state) * 1000:.1f} ms; "
         f"{beats_during} heartbeats received; heartbeat age at the end {age_during} s"
+    )
+
+
+SMALL = {"prompt": "a kite over a beach", "width": 32, "height": 32, "frames": 5, "steps": 2}
+
+
+async def test_heartbeats_and_healthz_flow_while_the_job_store_is_blocked(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    async with running_runtime(
+        make_home(tmp_path, tiny_model), device="cpu", heartbeat_interval=0.1
+    ) as (runtime, log):
+        await runtime.supervisor.wait_settled()
+        generator = runtime.supervisor.child("generator")
+        assert isinstance(generator, Generator)
+        app = FastAPI()
+        app.include_router(build_router(runtime))
+        transport = httpx.ASGITransport(app=app)
+        answers: list[httpx.Response] = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://genvisor") as client:
+
+            async def submit() -> None:
+                answers.append(await client.post("/v1/jobs", json=SMALL))
+
+            with _HeldLock(runtime.store.sync._lock) as store_lock:
+                with anyio.fail_after(10):
+                    await anyio.to_thread.run_sync(store_lock.held.wait)
+                beats_before = generator.heartbeats
+                health: list[float] = []
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(submit)
+                    end = time.monotonic() + BLOCK_S
+                    # The block lasts BLOCK_S; the requests are the load, not a way to wait.
+                    while time.monotonic() < end:
+                        started = time.monotonic()
+                        answer = await client.get("/healthz")
+                        health.append(time.monotonic() - started)
+                        assert answer.status_code == 200
+                        # In-process requests may never yield (nothing to wait for): a real
+                        # client's network round trip would; without it this loop starves the
+                        # others and measures itself, not the store.
+                        await anyio.lowlevel.checkpoint()
+                    unanswered_during = not answers  # durable first: no 202 before the commit
+                    beats_during = generator.heartbeats - beats_before
+                    store_lock.release()
+            assert len(answers) == 1
+            assert answers[0].status_code == 202
+            job_id = answers[0].json()["id"]
+            committed = await runtime.store.get(job_id)
+            assert committed is not None
+            await log.wait_job(job_id, "job.succeeded", limit=60)
+            done = await runtime.store.get(job_id)
+
+    assert unanswered_during
+    assert beats_during > 0  # the loop kept reading the worker's heartbeats
+    assert len(health) > 10  # /healthz answered throughout the block
+    assert done is not None
+    assert done.status is JobStatus.SUCCEEDED
+    print(  # noqa: T201
+        f"job store blocked {BLOCK_S:g} s: {len(health)} /healthz, worst "
+        f"{max(health) * 1000:.1f} ms; {beats_during} heartbeats received"
     )

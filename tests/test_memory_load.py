@@ -41,7 +41,7 @@ async def test_out_of_memory_at_load_fails_clearly_without_walking_the_ladder(
         log,
     ):
         await runtime.supervisor.wait_settled()
-        job = runtime.submit(_job(HEAVY))
+        job = await runtime.submit(_job(HEAVY))
         failed = await log.wait_job(job.id, "job.failed", "job.succeeded", limit=120)
         assert failed.type.value == "job.failed", failed.to_json()
         error = failed.data.error  # type: ignore[attr-defined]
@@ -73,6 +73,6 @@ async def test_out_of_memory_at_load_fails_clearly_without_walking_the_ladder(
         assert reason.startswith(f"{HEAVY} cannot be loaded here: Loading {HEAVY} needs about ")
 
         # No reset needed: a fresh worker under the same cap still runs the small model.
-        small = runtime.submit(_job("tiny-wan"))
+        small = await runtime.submit(_job("tiny-wan"))
         done = await log.wait_job(small.id, "job.succeeded", "job.failed", limit=120)
         assert done.type.value == "job.succeeded", done.to_json()

@@ -34,10 +34,10 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
     home = make_home(tmp_path, tiny_model)
     async with running_runtime(home, device_memory_limit=CAP) as (runtime, log):
         await runtime.supervisor.wait_settled()
-        first = runtime.submit(_big_job())
+        first = await runtime.submit(_big_job())
         done = await log.wait_job(first.id, "job.succeeded", "job.failed", limit=300)
         assert done.type.value == "job.succeeded", done.to_json()
-        stored = runtime.store.get(first.id)
+        stored = await runtime.store.get(first.id)
         assert stored is not None
         rungs = [c.rung for c in stored.changes]
         assert "vae_tiling" in rungs
@@ -82,11 +82,11 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert succeeded[0].changes == [c.as_dict() for c in stored.changes]  # type: ignore[attr-defined]
 
         # The same request again starts at the learned rung and never runs out of memory.
-        second = runtime.submit(_big_job())
+        second = await runtime.submit(_big_job())
         done = await log.wait_job(second.id, "job.succeeded", "job.failed", limit=300)
         assert done.type.value == "job.succeeded", done.to_json()
         assert _of_job(log, "job.retrying", second.id) == []
-        again = runtime.store.get(second.id)
+        again = await runtime.store.get(second.id)
         assert again is not None
         assert again.changes[0].origin.value in ("learned", "preflight")
         assert again.attempts == 1
@@ -104,7 +104,7 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         huge.params = GenerationParams(
             prompt="too big", width=1280, height=1280, num_frames=81, steps=2, seed=1
         )
-        runtime.submit(huge)
+        await runtime.submit(huge)
         failed = await log.wait_job(huge.id, "job.failed", "job.succeeded", limit=60)
         assert failed.type.value == "job.failed"
         assert _of_job(log, "job.started", huge.id) == []
@@ -112,4 +112,4 @@ async def test_oom_at_decode_recovers_at_tiling_then_is_remembered(
         assert error["code"] == "VRAM.EXHAUSTED"
         assert "even at the last rung" in error["technical"]["message"]
         assert "GiB" in error["technical"]["message"] or "MiB" in error["technical"]["message"]
-        assert runtime.store.get(huge.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+        assert (await runtime.store.get(huge.id)).status is JobStatus.FAILED  # type: ignore[union-attr]

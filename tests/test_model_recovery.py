@@ -33,11 +33,11 @@ async def test_truncated_weights_are_repaired_before_the_load(
     weights.write_bytes(original[: len(original) // 2])
     async with running_runtime(home) as (runtime, log):
         await runtime.supervisor.wait_settled()
-        job = runtime.submit(_job())
+        job = await runtime.submit(_job())
         done = await log.wait_job(job.id, "job.succeeded", "job.failed")
         assert done.type.value == "job.succeeded", done.to_json()
         assert _events(log, "model.repaired")
-        stored = runtime.store.get(job.id)
+        stored = await runtime.store.get(job.id)
         assert stored is not None
         assert [c.rung for c in stored.changes] == ["repair_model"]
         assert weights.read_bytes() == original  # rebuilt deterministically
@@ -51,7 +51,7 @@ async def test_a_load_that_fails_on_damaged_files_is_repaired_and_rerun(
     config.write_text("{ this is not json")  # not a weights file: only the load notices
     async with running_runtime(home) as (runtime, log):
         await runtime.supervisor.wait_settled()
-        job = runtime.submit(_job())
+        job = await runtime.submit(_job())
         done = await log.wait_job(job.id, "job.succeeded", "job.failed")
         retrying = await log.wait_job(job.id, "job.retrying", limit=5)
         assert retrying.data.error_code == "MODEL.CORRUPTED"  # type: ignore[attr-defined]
@@ -61,7 +61,7 @@ async def test_a_load_that_fails_on_damaged_files_is_repaired_and_rerun(
         await log.wait_for(lambda: log.states().count("ready") >= 2, "recovering -> ready")
         walk = log.states()
         assert walk[walk.index("failed") :][:4] == ["failed", "categorizing", "recovering", "ready"]
-        stored = runtime.store.get(job.id)
+        stored = await runtime.store.get(job.id)
         assert stored is not None
         assert stored.attempts == 2
 
@@ -76,10 +76,10 @@ async def test_missing_model_runs_on_its_fallback_and_degrades(
     )
     async with running_runtime(home, models_file=user_models) as (runtime, log):
         await runtime.supervisor.wait_settled()
-        job = runtime.submit(_job("tiny-wan-large"))
+        job = await runtime.submit(_job("tiny-wan-large"))
         done = await log.wait_job(job.id, "job.succeeded", "job.failed")
         assert done.type.value == "job.succeeded", done.to_json()
-        stored = runtime.store.get(job.id)
+        stored = await runtime.store.get(job.id)
         assert stored is not None
         assert stored.status is JobStatus.SUCCEEDED
         assert stored.result is not None

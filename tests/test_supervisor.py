@@ -7,7 +7,7 @@ import pytest
 
 from actors.actor import Actor
 from supervisor.bus import events as ev
-from supervisor.core.exceptions import ActorCrashed, InvalidTransition
+from supervisor.core.exceptions import ActorCrashedError, InvalidTransition
 from supervisor.supervision.child_spec import ChildSpec, RestartType
 from supervisor.supervision.messages import Reset
 from supervisor.supervision.state_machine import State
@@ -67,7 +67,7 @@ def _specs(max_restarts: int = 3) -> list[ChildSpec]:
 async def _crash(sup: Supervisor) -> None:
     child = sup.child("crashy")
     assert child is not None
-    with pytest.raises(ActorCrashed):
+    with pytest.raises(ActorCrashedError):
         await child.ask("crash", str, timeout=5)
 
 
@@ -194,8 +194,14 @@ async def test_a_child_factory_that_raises_is_a_failed_start_not_a_dead_supervis
 
     specs = [
         ChildSpec(id="quiet", start=lambda: Quiet("quiet")),
-        ChildSpec(id="broken", start=broken, max_restarts=2, period_s=60.0,
-                  backoff_base_s=0.001, backoff_max_s=0.01),  # fmt: skip
+        ChildSpec(
+            id="broken",
+            start=broken,
+            max_restarts=2,
+            period_s=60.0,
+            backoff_base_s=0.001,
+            backoff_max_s=0.01,
+        ),  # fmt: skip
     ]
     sup = Supervisor(specs, publish=rec.publish)
     async with anyio.create_task_group() as tg:

@@ -76,7 +76,7 @@ class PickleWeightsRefused(ModelStoreError):
         super().__init__(
             f"{model!r} has weights only as pickle files ({', '.join(files)})",
             model=model,
-            code=ErrorCode.CONFIG_INVALID,
+            code=ErrorCode.MODEL_UNSAFE_FORMAT,
             remedy="Set allow_pickle_weights = true (GENVISOR_ALLOW_PICKLE_WEIGHTS=1) only if "
             "you trust this repository",
         )

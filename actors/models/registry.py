@@ -12,12 +12,13 @@ import tomllib
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from actors.models.model_errors import UnknownModel
 from supervisor.core.exceptions import ConfigError
+from supervisor.core.params import Mode, PipelineClass
 
 __all__ = [
     "GenerationDefaults",
@@ -84,7 +85,15 @@ class ModelEntry(_Strict):
     revision: str = "main"
     # LOCAL: a folder, relative to the genvisor home unless absolute.
     local_path: str | None = None
-    pipeline_class: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    pipeline_class: PipelineClass
+    # What a job may start from. Default: text for WanPipeline, a first frame for
+    # WanImageToVideoPipeline. A model that serves both (Wan 2.2 TI2V-5B) lists both.
+    modes: tuple[Mode, ...] = ()
+    # Sizes must be multiples of this: 16 for Wan 2.1 and A14B (VAE 8 x patch 2), 32 for the
+    # Wan 2.2 VAE (16 x patch 2) of TI2V-5B.
+    size_multiple: Literal[16, 32] = 16
+    # A local model that is a tiny build (`make-tiny --variant`): what repair rebuilds it as.
+    tiny_variant: Literal["t2v", "i2v", "a14b", "a14b-i2v", "ti2v"] | None = None
     defaults: GenerationDefaults
     limits: ParamLimits
     memory: MemoryProfile
@@ -106,18 +115,26 @@ class ModelEntry(_Strict):
             raise ValueError("defaults break the limits: " + "; ".join(problems))
         if self.fallback == self.name:
             raise ValueError("a model can not be its own fallback")
+        if not self.modes:
+            default = Mode.T2V if self.pipeline_class is PipelineClass.WAN else Mode.I2V
+            object.__setattr__(self, "modes", (default,))
+        if Mode.FLF2V in self.modes and Mode.I2V not in self.modes:
+            raise ValueError("a first-last-frame model (flf2v) serves first-frame jobs (i2v) too")
         return self
+
+    def serves(self, mode: Mode) -> bool:
+        return mode in self.modes
 
     def check_params(self, *, width: int, height: int, num_frames: int, steps: int) -> list[str]:
         """Each problem as a sentence; empty when the parameters suit this model."""
         lim = self.limits
         problems = [
-            f"{label} {value} must be a multiple of {SIZE_MULTIPLE} and at most {top}"
+            f"{label} {value} must be a multiple of {self.size_multiple} and at most {top}"
             for label, value, top in (
                 ("width", width, lim.max_width),
                 ("height", height, lim.max_height),
             )
-            if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= top
+            if value % self.size_multiple or not self.size_multiple <= value <= top
         ]
         if (num_frames - 1) % 4 or not 1 <= num_frames <= lim.max_frames:
             problems.append(f"num_frames {num_frames} must be 4k+1 and at most {lim.max_frames}")

@@ -68,10 +68,12 @@ def quarantine_files(
 
 
 def rebuild_local(entry: ModelEntry, store: ModelStore) -> Path:
-    """Rebuild tiny-wan in a child process: the builder imports torch, this process must not."""
+    """Rebuild a tiny build (the entry's `tiny_variant`, tiny-wan's shape when it names none)
+    in a child process: the builder imports torch, this process must not."""
     out = entry.local_dir(store.home)
+    variant = entry.tiny_variant or "t2v"
     done = subprocess.run(
-        [sys.executable, "-m", "actors.worker.tiny_rebuild", str(out)],
+        [sys.executable, "-m", "actors.worker.tiny_rebuild", str(out), variant],
         capture_output=True,
         text=True,
         timeout=_REBUILD_TIMEOUT_S,
@@ -82,7 +84,10 @@ def rebuild_local(entry: ModelEntry, store: ModelStore) -> Path:
             model=entry.name,
             code=ErrorCode.MODEL_INCOMPLETE,
             reason=f"rebuilding failed: {done.stderr.strip()[-500:]}",
-            remedy=f"Run `genvisor models make-tiny --out {out}` and read its error",
+            remedy=(
+                f"Run `genvisor models make-tiny --variant {variant} --out {out}` "
+                "and read its error"
+            ),
         )
     write_manifest(store.home, manifest_from_directory(entry.name, out))
     return out

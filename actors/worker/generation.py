@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
+from actors.worker.image_fit import fit_image, open_input
 from actors.worker.pipeline_host import PipelineHost
 from actors.worker.protocol import (
     Cancelled,
@@ -37,7 +38,7 @@ from actors.worker.protocol import (
     StageTiming,
 )
 from actors.worker.video_output import OutputPaths, output_paths, remove_partials, write_outputs
-from supervisor.core.exceptions import JobCancelled
+from supervisor.core.exceptions import JobCancelledError
 from supervisor.core.stages import Stage
 from supervisor.errors.report import ErrorReport
 
@@ -64,16 +65,30 @@ class JobRun:
     def job_id(self) -> str:
         return self.request.job_id
 
-    def progress(self, stage: Stage, step: int | None = None, total: int | None = None) -> None:
+    def progress(
+        self,
+        stage: Stage,
+        step: int | None = None,
+        total: int | None = None,
+        *,
+        expert: int | None = None,
+    ) -> None:
         self.last_progress_ts = time.time()
         elapsed = time.perf_counter() - self.started
         self.emit(
-            Progress(job_id=self.job_id, stage=stage, step=step, total=total, elapsed_s=elapsed)
+            Progress(
+                job_id=self.job_id,
+                stage=stage,
+                step=step,
+                total=total,
+                elapsed_s=elapsed,
+                expert=expert,
+            )
         )
 
     def check_cancel(self, stage: Stage) -> None:
         if self.cancel.is_set():
-            raise JobCancelled(job_id=self.job_id, stage=stage.value)
+            raise JobCancelledError(job_id=self.job_id, stage=stage.value)
 
     def timed(self, stage: Stage, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -95,14 +110,37 @@ def _encode(run: JobRun) -> tuple[torch.Tensor, torch.Tensor | None]:
     return positive, negative
 
 
+def _image_inputs(run: JobRun) -> dict[str, Any]:
+    """The job's first (and last) frame, fitted to its current size: {} for a text job."""
+    request = run.request
+    params = request.params
+    inputs: dict[str, Any] = {}
+    for key, stored in (("image", request.image_path), ("last_image", request.last_image_path)):
+        if stored is not None:
+            image = open_input(Path(stored))
+            inputs[key] = fit_image(image, params.width, params.height, request.fit)
+    return inputs
+
+
+def _expert_of(pipeline: Any, timestep: Any) -> int | None:
+    """Which expert of a two-expert pipeline ran at `timestep` (as the pipeline chooses:
+    `transformer` while t >= boundary_ratio x num_train_timesteps, then `transformer_2`)."""
+    ratio = getattr(pipeline.config, "boundary_ratio", None)
+    if getattr(pipeline, "transformer_2", None) is None or ratio is None:
+        return None
+    boundary = ratio * pipeline.scheduler.config.num_train_timesteps
+    return 1 if float(timestep) >= boundary else 2
+
+
 def _denoise(run: JobRun, positive: torch.Tensor, negative: torch.Tensor | None) -> torch.Tensor:
-    pipe = run.host.require()
+    images = _image_inputs(run)
+    pipe = run.host.image_pipeline() if images else run.host.require()
     params = run.request.params
 
     def on_step_end(
         pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        run.progress(Stage.DENOISE, step + 1, params.steps)
+        run.progress(Stage.DENOISE, step + 1, params.steps, expert=_expert_of(pipeline, timestep))
         if run.cancel.is_set():
             # WanPipeline skips every remaining step once its interrupt flag is up.
             pipeline._interrupt = True
@@ -122,6 +160,7 @@ def _denoise(run: JobRun, positive: torch.Tensor, negative: torch.Tensor | None)
         output_type="latent",
         callback_on_step_end=on_step_end,
         callback_on_step_end_tensor_inputs=["latents"],
+        **images,
     )
     latents: torch.Tensor = output.frames
     return latents
@@ -205,6 +244,16 @@ def _sidecar(run: JobRun, paths: OutputPaths, frame_count: int) -> dict[str, Any
         "params_used": request.params.model_dump(mode="json"),
         "options_used": request.options.model_dump(mode="json"),
         "applied_changes": list(request.applied_changes),
+        # Stored inputs are named by their content: the file's stem is the input id's hex.
+        "inputs": {
+            key: f"sha256:{Path(stored).stem}"
+            for key, stored in (
+                ("image", request.image_path),
+                ("last_image", request.last_image_path),
+            )
+            if stored is not None
+        },
+        "fit": request.fit.value if request.image_path is not None else None,
         "decode_only_from": request.decode_only_from,
         "frames_written": frame_count,
         "video": paths.video.name,
@@ -252,7 +301,7 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
         started = time.perf_counter()
         write_outputs(paths, frames, request.params.fps, _sidecar(run, paths, len(frames)))
         run.timed(stage, started)
-    except JobCancelled:
+    except JobCancelledError:
         remove_partials(paths)
         return Cancelled(job_id=run.job_id, stage=stage)
     except Exception as exc:  # every failure becomes a report for the control side

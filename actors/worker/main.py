@@ -138,7 +138,7 @@ class Worker:
     def _load(self, msg: Load) -> None:
         self._load_failed = False
         try:
-            result = self.host.ensure(Path(msg.model_path), msg.options)
+            result = self.host.ensure(Path(msg.model_path), msg.options, msg.pipeline_class)
         except Exception as exc:
             # Invariant: the control side pipelines Load then Generate; it has this failure as
             # the job's, so the Generate that follows is dropped, not answered with a second

@@ -1,4 +1,10 @@
-"""Holds the loaded `WanPipeline` of the worker and applies `PipelineOptions` to it.
+"""Holds the worker's loaded Wan pipeline and applies `PipelineOptions` to it.
+
+The class comes from the registry (`PipelineClass`: `WanPipeline` or `WanImageToVideoPipeline`,
+nothing else is ever instantiated). Two-expert models (Wan 2.2 A14B: `transformer` and
+`transformer_2`) get every weight option on both experts. An image job on a model loaded as a
+text pipeline (Wan 2.2 TI2V-5B serves both) runs on its image form, built from the same loaded
+components (`from_pipe`: no second copy of the weights).
 
 Options fall in two groups. Cheap ones (VAE tiling and slicing) are toggled on the loaded
 pipeline between jobs. Structural ones (dtype, device, fp8 layerwise casting, offload) change
@@ -15,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import WanPipeline
+from diffusers import WanImageToVideoPipeline, WanPipeline
 
-from actors.worker.protocol import Dtype, Offload, PipelineOptions
+from actors.worker.protocol import Dtype, Offload, PipelineClass, PipelineOptions
 from supervisor.core.exceptions import UnsupportedOption
 
-__all__ = ["LoadResult", "PipelineHost", "torch_dtype"]
+__all__ = ["LoadResult", "PipelineHost", "experts", "torch_dtype"]
 
 _DTYPES = {
     Dtype.FLOAT32: torch.float32,
@@ -31,6 +37,17 @@ _DTYPES = {
 
 def torch_dtype(dtype: Dtype) -> torch.dtype:
     return _DTYPES[dtype]
+
+
+_CLASSES: dict[PipelineClass, Any] = {
+    PipelineClass.WAN: WanPipeline,
+    PipelineClass.WAN_I2V: WanImageToVideoPipeline,
+}
+
+
+def experts(pipe: Any) -> list[Any]:
+    """The denoisers of a pipeline: one, or two for Wan 2.2 A14B (high then low noise)."""
+    return [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
 
 
 def _structural(options: PipelineOptions) -> tuple[object, ...]:
@@ -68,6 +85,8 @@ class PipelineHost:
         self.pipe: Any = None
         self.model_path: Path | None = None
         self.options: PipelineOptions | None = None
+        self.pipeline_class = PipelineClass.WAN
+        self._image_form: Any = None
 
     @property
     def execution_device(self) -> torch.device:
@@ -80,20 +99,39 @@ class PipelineHost:
             raise RuntimeError("no pipeline loaded: send Load before Generate")
         return self.pipe
 
-    def ensure(self, model_path: Path, options: PipelineOptions) -> LoadResult:
-        """Make the loaded pipeline match `model_path` and `options`, reloading only if needed."""
+    def image_pipeline(self) -> Any:
+        """The loaded pipeline in its image-to-video form (itself when it is one)."""
+        pipe = self.require()
+        if isinstance(pipe, WanImageToVideoPipeline):
+            return pipe
+        if self._image_form is None:
+            self._image_form = WanImageToVideoPipeline.from_pipe(pipe)
+            self._image_form.set_progress_bar_config(disable=True)
+        return self._image_form
+
+    def ensure(
+        self,
+        model_path: Path,
+        options: PipelineOptions,
+        pipeline_class: PipelineClass | None = None,
+    ) -> LoadResult:
+        """Make the loaded pipeline match `model_path` and `options`, reloading only if needed.
+        `pipeline_class` None: the one loaded (a Generate names no class)."""
         check_supported(options)
         started = time.perf_counter()
+        wanted = pipeline_class or self.pipeline_class
         needs_reload = (
             self.pipe is None
             or self.options is None
             or self.model_path != model_path
+            or wanted is not self.pipeline_class
             or _structural(self.options) != _structural(options)
         )
         if needs_reload:
             self._unload()
-            self.pipe = self._load(model_path, options)
+            self.pipe = self._load(model_path, options, wanted)
             self.model_path = model_path
+            self.pipeline_class = wanted
         self._apply_cheap(options)
         self.options = options
         return LoadResult(
@@ -104,22 +142,26 @@ class PipelineHost:
         # Invariant: model_path names the loaded pipeline or nothing; a failed load must not
         # leave the previous model's path for the next ensure() to load instead.
         self.pipe = None
+        self._image_form = None
         self.model_path = None
         self.options = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _load(self, model_path: Path, options: PipelineOptions) -> Any:
+    def _load(self, model_path: Path, options: PipelineOptions, cls: PipelineClass) -> Any:
         dtype = torch_dtype(options.dtype)
         # Wan's VAE is meant to run in float32 (its docs: better decode quality); the
         # transformer and text encoder take the requested dtype.
-        pipe: Any = WanPipeline.from_pretrained(str(model_path), dtype=dtype, use_safetensors=True)
+        pipe: Any = _CLASSES[cls].from_pretrained(
+            str(model_path), dtype=dtype, use_safetensors=True
+        )
         pipe.vae.to(torch.float32)
         pipe.set_progress_bar_config(disable=True)
         if options.layerwise_fp8:
-            pipe.transformer.enable_layerwise_casting(
-                storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype
-            )
+            for expert in experts(pipe):
+                expert.enable_layerwise_casting(
+                    storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype
+                )
         if options.offload is Offload.NONE:
             pipe.to(options.device)
         elif options.offload is Offload.MODEL:

@@ -23,8 +23,10 @@ from supervisor.core.exceptions import ProtocolError
 from supervisor.core.params import (
     JOB_ID_PATTERN,
     Dtype,
+    Fit,
     GenerationParams,
     Offload,
+    PipelineClass,
     PipelineOptions,
 )
 from supervisor.core.params import FrozenModel as _Frozen
@@ -40,12 +42,14 @@ __all__ = [
     "Done",
     "Dtype",
     "Failed",
+    "Fit",
     "Generate",
     "GenerationParams",
     "Heartbeat",
     "Load",
     "Loaded",
     "Offload",
+    "PipelineClass",
     "PipelineOptions",
     "Ping",
     "Progress",
@@ -69,6 +73,8 @@ class Load(_Frozen):
     model_path: str
     model_name: str = ""
     options: PipelineOptions = PipelineOptions()
+    # From the registry entry; image jobs on a text pipeline use its image form (from_pipe).
+    pipeline_class: PipelineClass = PipelineClass.WAN
 
 
 class Generate(_Frozen):
@@ -81,6 +87,11 @@ class Generate(_Frozen):
     decode_only_from: str | None = None
     # What the system changed on the way (recovery steps), recorded in the sidecar.
     applied_changes: tuple[str, ...] = ()
+    # Stored inputs (files the server wrote under its home; never a client's string): the first
+    # frame, and the last for a first-last-frame job, fitted to the size as `fit` says.
+    image_path: str | None = None
+    last_image_path: str | None = None
+    fit: Fit = Fit.CROP
 
 
 class Cancel(_Frozen):
@@ -130,6 +141,9 @@ class Progress(_Frozen):
     step: int | None = None
     total: int | None = None
     elapsed_s: float
+    # Two-expert models (Wan 2.2 A14B): which expert ran this denoising step, 1 (high noise,
+    # `transformer`) or 2 (low noise, `transformer_2`).
+    expert: int | None = Field(default=None, ge=1, le=2)
 
 
 class StageTiming(_Frozen):

@@ -1,4 +1,5 @@
-"""`python -m actors.worker.tiny_rebuild OUT`: rebuild tiny-wan into OUT (same seed, same bytes).
+"""`python -m actors.worker.tiny_rebuild OUT [VARIANT]`: rebuild a tiny build into OUT (same seed,
+same bytes); VARIANT is t2v (tiny-wan, the default), i2v, a14b, a14b-i2v or ti2v.
 
 Its own process because the builder imports torch, which the control process never loads.
 """
@@ -10,9 +11,10 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from actors.worker.tiny_wan import build_tiny_wan
+    from actors.worker.tiny_variants import TinyVariant, build_tiny_variant
 
-    build_tiny_wan(Path(argv[0]), overwrite=True)
+    variant = TinyVariant(argv[1]) if len(argv) > 1 else TinyVariant.T2V
+    build_tiny_variant(Path(argv[0]), variant, overwrite=True)
     return 0
 
 

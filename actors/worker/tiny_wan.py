@@ -42,6 +42,7 @@ TINY_WAN_NAME = "tiny-wan"
 DEFAULT_SEED = 0
 TEXT_DIM = 32
 DEFAULT_FFN_DIM = 32
+DEFAULT_LAYERS = 2
 # Bytes of float32 weights per unit of the transformer's feed-forward width: two layers, each
 # with an in and an out projection of inner dim 24 (2 heads x 12), plus the in-projection bias.
 FFN_BYTES_PER_UNIT = 2 * (24 * 2 + 1) * 4
@@ -111,7 +112,7 @@ def _vae() -> Any:
     ).eval()
 
 
-def _transformer(ffn_dim: int) -> Any:
+def _transformer(ffn_dim: int, num_layers: int) -> Any:
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
@@ -121,25 +122,28 @@ def _transformer(ffn_dim: int) -> Any:
         text_dim=TEXT_DIM,
         freq_dim=256,
         ffn_dim=ffn_dim,
-        num_layers=2,
+        num_layers=num_layers,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,
     ).eval()
 
 
-def make_pipeline(seed: int = DEFAULT_SEED, ffn_dim: int = DEFAULT_FFN_DIM) -> Any:
+def make_pipeline(
+    seed: int = DEFAULT_SEED, ffn_dim: int = DEFAULT_FFN_DIM, num_layers: int = DEFAULT_LAYERS
+) -> Any:
     # diffusers is only partly typed: its objects are handled as Any here.
     """The tiny pipeline in memory, float32 on the CPU. A wide `ffn_dim` makes the same
     architecture heavy (1,250,000: ~490 MB of weights) without making a job slow: the number of
-    tokens stays tiny, so only loading pays for the size."""
+    tokens stays tiny, so only loading pays for the size. More `num_layers` split the same
+    weights into more blocks, as a real Wan transformer's (30 to 40): what offloading streams."""
     tokenizer = _tokenizer()
     torch.manual_seed(seed)
     text_encoder = _text_encoder(len(tokenizer))
     torch.manual_seed(seed)
     vae = _vae()
     torch.manual_seed(seed)
-    transformer = _transformer(ffn_dim)
+    transformer = _transformer(ffn_dim, num_layers)
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
@@ -171,6 +175,7 @@ def build_tiny_wan(
     seed: int = DEFAULT_SEED,
     overwrite: bool = False,
     ffn_dim: int = DEFAULT_FFN_DIM,
+    num_layers: int = DEFAULT_LAYERS,
 ) -> TinyWanBuild:
     """Build into a temporary sibling directory and rename it into place, so `out` is either
     absent or complete — a crashed build never leaves a half model that looks loadable."""
@@ -180,7 +185,7 @@ def build_tiny_wan(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        pipe = make_pipeline(seed, ffn_dim)
+        pipe = make_pipeline(seed, ffn_dim, num_layers)
         pipe.save_pretrained(staging, safe_serialization=True)
         staging.chmod(0o755)  # mkdtemp creates 0700; the store is a normal directory
         if out.exists():

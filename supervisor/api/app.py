@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from supervisor import __version__
 from supervisor.api.api_errors import http_exception_handler, unhandled_exception_handler
 from supervisor.api.http_api import build_router
+from supervisor.api.offline_docs import DOCS_PATHS, add_offline_docs
 from supervisor.api.security import DocsTokenGate, TokenGuard, check_exposure
 from supervisor.core.settings import Settings
 from supervisor.runtime import Runtime
@@ -55,20 +56,29 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     # once, so a second `genvisor serve` on the same folder is refused before anything starts.
     runtime = runtime or Runtime(settings, share_home=False)
     runtime.claim()
+    router = build_router(runtime)
+    # The metrics feed follows the bus beside the runtime; a shared home enters it with the
+    # runtime's other companions.
+    lifespans: list[Lifespan] = [runtime.lifespan]
+    if not runtime.share_home:
+        lifespans.append(runtime.companions["metrics"])
     app = FastAPI(
         title="genvisor",
         version=__version__,
         summary="Fault-tolerant backend for local text-to-video generation",
-        lifespan=runtime.lifespan,
+        lifespan=compose_lifespans(*lifespans),
+        # Served by add_offline_docs from local assets (FastAPI's pages load a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app, "genvisor")
     app.state.genvisor = runtime
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
     # Last resort for anything outside genvisor's routes (their route class catches its own):
     # a UserError body, never Starlette's plain-text 500.
     app.add_exception_handler(Exception, unhandled_exception_handler)
     if settings.api_token is not None:
-        docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
-        paths = frozenset(p for p in docs if p)
+        paths = frozenset({app.openapi_url or "/openapi.json", *DOCS_PATHS})
         app.add_middleware(DocsTokenGate, guard=TokenGuard(settings), paths=paths)
-    app.include_router(build_router(runtime))
+    app.include_router(router)
     return app

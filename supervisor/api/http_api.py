@@ -9,10 +9,12 @@ from fastapi.responses import JSONResponse
 
 from supervisor.api.api_errors import ApiError, route_class
 from supervisor.api.forwarding import Forwarder, forwarding_route_class
+from supervisor.api.inputs_api import add_input_routes
 from supervisor.api.jobs_api import add_job_routes
 from supervisor.api.models_api import add_model_routes
 from supervisor.api.security import TokenGuard, origin_allowed
 from supervisor.api.state_view import readiness, state_dump
+from supervisor.api.status_page import add_status_routes, chosen_subprotocol, socket_token_valid
 from supervisor.bus.websocket_stream import (
     POLICY_VIOLATION,
     close_explaining,
@@ -26,6 +28,8 @@ from supervisor.supervision.messages import Reset
 from supervisor.supervision.state_machine import State
 
 __all__ = ["build_router"]
+
+_ENVELOPE_BYTES = 64 * 1024
 
 
 def build_router(runtime: Runtime) -> APIRouter:
@@ -45,7 +49,16 @@ def build_router(runtime: Runtime) -> APIRouter:
         )
     )
     add_job_routes(router, runtime, guarded)
+    # Uploads get their own body limit: the image's, plus room for the multipart envelope.
+    uploads = APIRouter(
+        route_class=forwarding_route_class(
+            route_class(settings.max_input_bytes + _ENVELOPE_BYTES, guard), forwarder
+        )
+    )
+    add_input_routes(uploads, runtime, guarded)
+    router.include_router(uploads)
     add_model_routes(router, runtime, guarded)
+    add_status_routes(router, runtime, guarded)
 
     @router.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -62,7 +75,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     @router.get("/v1/state", tags=["supervisor"], dependencies=guarded)
     async def get_state() -> dict[str, Any]:
         """The state dump: supervisor state, history, children, queue and bus."""
-        return state_dump(runtime)
+        return await state_dump(runtime)
 
     @router.post("/v1/supervisor/reset", tags=["supervisor"], dependencies=guarded)
     async def reset() -> dict[str, Any]:
@@ -100,7 +113,9 @@ def build_router(runtime: Runtime) -> APIRouter:
         if not allowed:
             await websocket.close(code=POLICY_VIOLATION, reason="origin not allowed")
             return
-        if guard.refusal(websocket.headers) is not None:
+        # The token: the Authorization header, or from a browser the status page's subprotocol.
+        offered = list(websocket.scope.get("subprotocols") or [])
+        if not socket_token_valid(settings, websocket.headers, offered):
             await websocket.close(code=POLICY_VIOLATION, reason="a valid API token is required")
             return
         try:
@@ -108,6 +123,6 @@ def build_router(runtime: Runtime) -> APIRouter:
         except ValueError as exc:
             await close_explaining(websocket, f"since {exc}")
             return
-        await stream_events(websocket, runtime.bus, start)
+        await stream_events(websocket, runtime.bus, start, chosen_subprotocol(offered))
 
     return router

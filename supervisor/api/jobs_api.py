@@ -7,6 +7,7 @@ in the store); every refusal is a UserError naming the field and what is allowed
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -16,9 +17,17 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from actors.models.registry import ModelEntry
 from supervisor.api.api_errors import ApiError, field_errors_response
 from supervisor.api.state_view import job_view
-from supervisor.core.params import JOB_ID_PATTERN, GenerationParams
+from supervisor.core.params import (
+    INPUT_ID_PATTERN,
+    JOB_ID_PATTERN,
+    Fit,
+    GenerationParams,
+    JobInputs,
+    Mode,
+)
 from supervisor.errors import ErrorCode
 from supervisor.jobs import Job, JobStatus, new_job_id
 from supervisor.runtime import Runtime
@@ -50,6 +59,22 @@ class JobRequest(BaseModel):
     fps: int | None = Field(default=None, ge=1, le=120)
     allow_output_changes: bool = True
     priority: int = Field(default=0, ge=-10, le=10)
+    image: str | None = Field(
+        default=None,
+        pattern=INPUT_ID_PATTERN,
+        description="The first frame: an input id from POST /v1/inputs (image-to-video)",
+    )
+    last_image: str | None = Field(
+        default=None,
+        pattern=INPUT_ID_PATTERN,
+        description="The last frame, with `image` (first-last-frame video)",
+    )
+    fit: Fit = Field(
+        default=Fit.CROP,
+        description="How the images meet the size: crop (keep the aspect, cut the overflow), "
+        "pad (black bars) or stretch. Width and height default to the image's aspect at the "
+        "model's default area.",
+    )
 
     @field_validator("frames")
     @classmethod
@@ -57,6 +82,48 @@ class JobRequest(BaseModel):
         if value is not None and (value - 1) % 4:
             raise ValueError(f"must be 4k+1 (1, 5, 9, ..., 17, 33, 81), got {value}")
         return value
+
+
+def _mode_error(entry: ModelEntry, mode: Mode, entries: list[ModelEntry]) -> dict[str, Any]:
+    fits = [e.name for e in entries if e.serves(mode)]
+    modes = ", ".join(m.value for m in entry.modes)
+    if mode is Mode.T2V:
+        return {
+            "field": "image",
+            "value": None,
+            "message": f"{entry.name} starts from an image ({modes}): give `image`, an id from "
+            f"POST /v1/inputs; text-only models: {', '.join(fits) or 'none'}",
+        }
+    field, what = ("last_image", "a last frame") if mode is Mode.FLF2V else ("image", "an image")
+    return {
+        "field": field,
+        "value": None,
+        "message": f"{entry.name} does not take {what} ({modes}); "
+        f"models that do: {', '.join(fits) or 'none'}",
+    }
+
+
+def _size(body: JobRequest, entry: ModelEntry, image: tuple[int, int] | None) -> tuple[int, int]:
+    """Width and height as asked; what is omitted follows the image's aspect at the model's
+    default area (rounded to the model's size multiple), else the model's default."""
+    d, m = entry.defaults, entry.size_multiple
+    if image is None or (body.width and body.height):
+        return body.width or d.width, body.height or d.height
+    aspect = image[0] / image[1]
+
+    def rounded(value: float, top: int) -> int:
+        return int(min(max(m, round(value / m) * m), top - top % m))
+
+    lim = entry.limits
+    if body.width:
+        return body.width, rounded(body.width / aspect, lim.max_height)
+    if body.height:
+        return rounded(body.height * aspect, lim.max_width), body.height
+    area = d.width * d.height
+    return (
+        rounded(math.sqrt(area * aspect), lim.max_width),
+        rounded(math.sqrt(area / aspect), lim.max_height),
+    )
 
 
 class JobAccepted(BaseModel):
@@ -70,8 +137,8 @@ class JobAccepted(BaseModel):
 def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> None:
     settings = runtime.settings
 
-    def _job_or_404(job_id: str) -> Job:
-        job = runtime.store.get(job_id) if _JOB_ID.match(job_id) else None
+    async def _job_or_404(job_id: str) -> Job:
+        job = await runtime.store.get(job_id) if _JOB_ID.match(job_id) else None
         if job is None:
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,
@@ -97,7 +164,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
         job = _build_job(body)
         if isinstance(job, JSONResponse):
             return job
-        if runtime.store.waiting() >= settings.queue_max:
+        if await runtime.store.waiting() >= settings.queue_max:
             raise ApiError(
                 status.HTTP_429_TOO_MANY_REQUESTS,
                 code=ErrorCode.SYSTEM_RESOURCE_LIMIT,
@@ -106,8 +173,8 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
                 suggestions=["Try again when some jobs have finished."],
                 headers={"Retry-After": "30"},
             )
-        runtime.submit(job)
-        position = runtime.store.queue_position(job.id)
+        await runtime.submit(job)
+        position = await runtime.store.queue_position(job.id)
         accepted = JobAccepted(
             id=job.id,
             status=job.status,
@@ -153,7 +220,15 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
                     "message": f"at most {settings.max_prompt_chars} characters",
                 }
             )
-        width, height = body.width or d.width, body.height or d.height
+        inputs, input_errors, image_size = _job_inputs(body, entry)
+        errors.extend(input_errors)
+        width, height = _size(body, entry, image_size)
+        m = entry.size_multiple
+        errors.extend(
+            {"field": field, "value": value, "message": f"must be a multiple of {m} for {model}"}
+            for field, value in (("width", width), ("height", height))
+            if value % m
+        )
         frames, steps = body.frames or d.num_frames, body.steps or d.steps
         lim = entry.limits
         for field, value, top in (
@@ -186,7 +261,37 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
             options=runtime.base_options(),
             allow_output_changes=body.allow_output_changes,
             priority=body.priority,
+            inputs=inputs,
         )
+
+    def _job_inputs(
+        body: JobRequest, entry: ModelEntry
+    ) -> tuple[JobInputs | None, list[dict[str, Any]], tuple[int, int] | None]:
+        """The job's inputs, each problem naming its field, and the first image's upright size."""
+        inputs = JobInputs(image=body.image, last_image=body.last_image, fit=body.fit)
+        errors: list[dict[str, Any]] = []
+        if body.last_image is not None and body.image is None:
+            errors.append(
+                {"field": "last_image", "value": body.last_image, "message": "needs `image` too"}
+            )
+        elif not entry.serves(inputs.mode):
+            errors.append(_mode_error(entry, inputs.mode, runtime.registry.entries()))
+        size = None
+        for field, input_id in (("image", body.image), ("last_image", body.last_image)):
+            if input_id is None:
+                continue
+            stored = runtime.inputs.get(input_id)
+            if stored is None:
+                errors.append(
+                    {
+                        "field": field,
+                        "value": input_id,
+                        "message": "no such input; upload the image with POST /v1/inputs",
+                    }
+                )
+            elif field == "image":
+                size = (stored.width, stored.height)
+        return (inputs if body.image else None), errors, size
 
     @router.get("/v1/jobs", tags=["jobs"], dependencies=guarded)
     async def list_jobs(
@@ -196,18 +301,18 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
         offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> dict[str, Any]:
         """Jobs, newest first, optionally of one status."""
-        jobs = runtime.store.list(status=status_filter, limit=limit, offset=offset)
+        jobs = await runtime.store.list(status=status_filter, limit=limit, offset=offset)
         return {
-            "jobs": [job_view(runtime, j) for j in jobs],
+            "jobs": [await job_view(runtime, j) for j in jobs],
             "limit": limit,
             "offset": offset,
-            "counts": runtime.store.counts(),
+            "counts": await runtime.store.counts(),
         }
 
     @router.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=guarded, name="get_job")
     async def get_job(job_id: str) -> dict[str, Any]:
         """Status, progress, attempts, applied changes, and the UserError if it failed."""
-        return job_view(runtime, _job_or_404(job_id))
+        return await job_view(runtime, await _job_or_404(job_id))
 
     @router.post(
         "/v1/jobs/{job_id}/cancel",
@@ -217,7 +322,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
     )
     async def cancel_job(job_id: str) -> dict[str, Any]:
         """Cancel a waiting job at once, or stop a running one at its next step."""
-        _job_or_404(job_id)
+        await _job_or_404(job_id)
         try:
             await runtime.supervisor.ask(CancelRequest(job_id), object, timeout=10.0)
         except CancelRefused as exc:
@@ -228,14 +333,14 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
                 message=str(exc),
                 job_id=job_id,
             ) from None
-        return job_view(runtime, _job_or_404(job_id))
+        return await job_view(runtime, await _job_or_404(job_id))
 
     @router.get(
         "/v1/jobs/{job_id}/output", tags=["jobs"], dependencies=guarded, response_class=FileResponse
     )
     async def job_output(job_id: str) -> FileResponse:
         """The MP4 (H.264), with range requests for seeking."""
-        job = _job_or_404(job_id)
+        job = await _job_or_404(job_id)
         path = Path(job.output_path) if job.output_path else None
         inside = path is not None and path.resolve().parent == runtime.output_dir.resolve()
         if (

@@ -20,6 +20,7 @@ from actors.model_loader import (
     VerifyModel,
 )
 from actors.models.model_errors import ModelStoreError
+from actors.models.registry import ModelEntry
 from supervisor.api.api_errors import ApiError
 from supervisor.core.exceptions import ActorNotRunning
 from supervisor.errors import ErrorCode
@@ -77,7 +78,15 @@ def add_model_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) ->
     async def list_models() -> dict[str, Any]:
         """Every registered model: present, missing, partial or corrupted, with sizes."""
         listing = await _loader().ask(ListModels(), ModelList, timeout=60.0)
-        return {"models": [m.to_json() for m in listing.models]}
+        registry = runtime.registry
+        return {
+            "models": [
+                {**m.to_json(), **_what_it_takes(registry.get(m.name))}
+                if m.name in registry
+                else m.to_json()
+                for m in listing.models
+            ]
+        }
 
     @router.post(
         "/v1/models/{name}/pull",
@@ -131,3 +140,14 @@ def _store_error(exc: Exception) -> ApiError:
         message=str(exc),
         suggestions=[remedy] if remedy else [],
     )
+
+
+def _what_it_takes(entry: ModelEntry) -> dict[str, Any]:
+    """What a job for this model may start from, and the sizes it takes."""
+    return {
+        "description": entry.description,
+        "modes": [mode.value for mode in entry.modes],
+        "pipeline_class": entry.pipeline_class.value,
+        "size_multiple": entry.size_multiple,
+        "defaults": entry.defaults.model_dump(),
+    }

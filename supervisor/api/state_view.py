@@ -21,9 +21,9 @@ from supervisor.runtime import HEAVY_MODULES, Runtime
 __all__ = ["job_view", "readiness", "state_dump"]
 
 
-def job_view(runtime: Runtime, job: Job) -> dict[str, Any]:
+async def job_view(runtime: Runtime, job: Job) -> dict[str, Any]:
     view = job.public()
-    view["queue_position"] = runtime.store.queue_position(job.id)
+    view["queue_position"] = await runtime.store.queue_position(job.id)
     running = runtime.jobs.running
     if running is not None and running.id == job.id:
         view["progress"] = {
@@ -61,13 +61,13 @@ def readiness(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-def state_dump(runtime: Runtime) -> dict[str, Any]:
+async def state_dump(runtime: Runtime) -> dict[str, Any]:
     dump = runtime.supervisor.snapshot().as_dict()
     dump["readiness"] = readiness(runtime)
     dump["bus"] = dataclasses.asdict(runtime.bus.stats)
-    counts = runtime.store.counts()
+    counts = await runtime.store.counts()
     dump["queue"] = {
-        "waiting": runtime.store.waiting(),
+        "waiting": await runtime.store.waiting(),
         "running": runtime.jobs.running.id if runtime.jobs.running else None,
         **{k: v for k, v in counts.items() if v},
     }

@@ -215,6 +215,8 @@ class JobProgress(EventData):
     step: int | None = None
     total_steps: int | None = None
     elapsed_s: float = Field(ge=0)
+    # Two-expert models (Wan 2.2 A14B): 1 = the high-noise expert ran this step, 2 = low noise.
+    expert: int | None = Field(default=None, ge=1, le=2)
 
 
 class JobRetrying(EventData):

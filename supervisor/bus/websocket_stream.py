@@ -76,10 +76,12 @@ async def _watch_disconnect(
     scope.cancel()
 
 
-async def stream_events(websocket: WebSocket, bus: EventBus, since: int | None) -> None:
-    """Accept ``websocket`` and send it the events with ``seq > since`` then every live event,
-    until the client leaves or the bus closes."""
-    await websocket.accept()
+async def stream_events(
+    websocket: WebSocket, bus: EventBus, since: int | None, subprotocol: str | None = None
+) -> None:
+    """Accept ``websocket`` (selecting `subprotocol`, when given) and send it the events with
+    ``seq > since`` then every live event, until the client leaves or the bus closes."""
+    await websocket.accept(subprotocol=subprotocol)
     left = anyio.Event()
     client_left = False
     if not bus.closed:

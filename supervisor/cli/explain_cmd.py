@@ -1,8 +1,8 @@
 """`genvisor explain TEXT`: paste an error (a whole traceback is fine) and learn what to do.
 
 The text comes from the arguments or, without any, from stdin. `--json` prints the summary
-{"category", "severity", "code", "recoverable", "title"}; `--lines` treats each input line as
-its own error and prints one JSON object per line (for log files).
+{"category", "severity", "code", "recoverable", "title", "message", "suggestions"}; `--lines`
+treats each input line as its own error and prints one such JSON object per line (log files).
 """
 
 from __future__ import annotations
@@ -51,7 +51,12 @@ def summary(text: str, device: str | None = None) -> dict[str, object]:
     report = report_from_text(text, device=device)
     verdict = default_categorizer().categorize(report)
     user = explain(report, verdict)
-    return {**verdict.as_summary(), "title": user.title}
+    return {
+        **verdict.as_summary(),
+        "title": user.title,
+        "message": user.message,
+        "suggestions": user.suggestions,
+    }
 
 
 def _print_human(user: UserError) -> None:

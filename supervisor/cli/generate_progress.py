@@ -86,11 +86,13 @@ class JobProgressView:
         elif kind == "job.progress":
             self._progress(data)
         elif kind == "job.retrying":
-            change = data.get("change")
+            change = change_text(data.get("change")) if data.get("change") else ""
+            reason = str(data.get("reason") or "")
+            # The reason often is the change's own sentence: it is said once.
             out.print(
-                f"[yellow]retrying[/] (attempt {data.get('attempt')}): {data.get('reason')}"
+                f"[yellow]retrying[/] (attempt {data.get('attempt')}): {reason}"
                 f" [{data.get('error_code')}]"
-                + (f"; change: {change_text(change)}" if change else "")
+                + (f"; change: {change}" if change and change not in reason else "")
             )
         elif kind == "job.succeeded":
             changes = "; ".join(change_text(c) for c in data.get("changes") or [])

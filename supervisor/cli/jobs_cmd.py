@@ -127,7 +127,9 @@ def run_show(args: argparse.Namespace) -> int:
     if job["status"] in ("running", "retrying") and progress.get("stage"):
         step = progress.get("step")
         total = progress.get("total_steps")
-        print(f"  progress  {progress['stage']}" + (f" {step}/{total}" if total else ""))
+        # Between the steps of the denoising loop (loading, decoding) there is no step to show.
+        steps = f" step {step}/{total}" if step is not None and total else ""
+        print(f"  progress  {progress['stage']}{steps}")
     for change in job.get("changes") or []:
         print(f"  change    {change_text(change)}")
     print(f"  created   {_stamp(job['created_ts'])}")

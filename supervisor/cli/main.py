@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from supervisor.cli.failure_output import report_failure
 from supervisor.core.exceptions import ConfigError, HomeInUse, PortInUse, ServerUnavailable
 
 __all__ = ["main"]
@@ -36,16 +37,49 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+_CONFIG_HELP = "a TOML settings file (overrides config/default.toml)"
+_DEBUG_HELP = "on an unexpected error, print its traceback too"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(
         prog="genvisor",
         description="Fault-tolerant backend for local text-to-video generation.",
     )
-    parser.add_argument("--config", help="a TOML settings file (overrides config/default.toml)")
+    parser.add_argument("--version", action="version", version=f"genvisor {_version()}")
+    parser.add_argument("--config", help=_CONFIG_HELP)
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _accept_global_options(parser)
     return parser
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """`--config` and `--debug` after the command as well (`genvisor serve --config x`): every
+    sub-command, at any depth, takes them; SUPPRESS keeps the value given before it."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            known = {o for a in child._actions for o in a.option_strings}
+            if "--config" not in known:
+                child.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+            if "--debug" not in known:
+                child.add_argument(
+                    "--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP
+                )
+            _accept_global_options(child)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("genvisor")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Stdout is pointed at /dev/null so that the interpreter's final flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # noqa: BLE001 - the one place every other failure is explained
+        return report_failure(exc, debug=getattr(args, "debug", False))
     return code
 
 

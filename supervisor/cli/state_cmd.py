@@ -81,7 +81,7 @@ def render_state(body: dict[str, Any]) -> None:
         last = failures[-1]
         code = f" [bold]{last['error_code']}[/]" if last.get("error_code") else ""
         console.print(
-            f"  last failure {_ago(last['ts'], now)}:{code} {escape(last['reason'][:160])}"
+            f"  last failure {_ago(last['ts'], now)}:{code} {escape(_shorten(last['reason']))}"
         )
 
     children = Table(title="children", title_justify="left")
@@ -136,3 +136,13 @@ def render_state(body: dict[str, Any]) -> None:
         # Nothing running is said by leaving it out, never as "None".
         + ", ".join(f"{k} {v}" for k, v in queue.items() if v is not None)
     )
+
+
+def _shorten(reason: str, limit: int = 240) -> str:
+    """A long reason cut in its middle, never its end: the last sentence is what to do."""
+    if len(reason) <= limit:
+        return reason
+    head, _, tail = reason.rpartition(". ")
+    if not head or len(tail) > limit - 40:
+        tail = reason[-(limit // 2) :]
+    return f"{reason[: limit - len(tail) - 3].rstrip()} … {tail}"

@@ -9,14 +9,14 @@ and keeps it as attributes, so handlers read facts rather than parse messages::
     │   ├── ActorNotRunning(actor=)
     │   ├── MailboxFull(actor=, capacity=)
     │   ├── AskTimeout(actor=, timeout=)
-    │   └── ActorCrashed(actor=, cause=)
+    │   └── ActorCrashedError(actor=, cause=)
     ├── WorkerError(pid=)
     │   ├── WorkerStartFailed(pid=, reason=)
     │   ├── WorkerCrashed(pid=, exit_code=, job_id=)
     │   ├── WorkerHung(pid=, silent_s=, job_id=)
     │   └── ProtocolError(pid=, detail=)
     ├── UnsupportedOption(option=, value=, device=, reason=)
-    ├── JobCancelled(job_id=, stage=)
+    ├── JobCancelledError(job_id=, stage=)
     ├── ServerUnavailable(url=, reason=)
     ├── HomeInUse(home=, pid=, url=, since=)
     ├── PortInUse(host=, port=, genvisor=)
@@ -31,7 +31,7 @@ import time
 __all__ = [
     "MemorySourceUnavailable",
     "WeightsHeaderError",
-    "ActorCrashed",
+    "ActorCrashedError",
     "ActorError",
     "ActorNotRunning",
     "AskTimeout",
@@ -40,7 +40,7 @@ __all__ = [
     "GenvisorError",
     "HomeInUse",
     "InvalidTransition",
-    "JobCancelled",
+    "JobCancelledError",
     "MailboxFull",
     "PortInUse",
     "ProtocolError",
@@ -104,7 +104,9 @@ class AskTimeout(ActorError):
         super().__init__(f"actor {actor!r} did not reply within {timeout:g} s", actor=actor)
 
 
-class ActorCrashed(ActorError):
+class ActorCrashedError(ActorError):
+    """Raised to an `ask` pending when its actor crashed (the event is `ev.ActorCrashed`)."""
+
     def __init__(self, *, actor: str, cause: BaseException | None) -> None:
         self.cause = cause
         super().__init__(f"actor {actor!r} crashed: {cause!r}", actor=actor)
@@ -174,8 +176,9 @@ class UnsupportedOption(GenvisorError):
         super().__init__(f"option {option}={value!r} is not supported on {device}: {reason}")
 
 
-class JobCancelled(GenvisorError):
-    """A job stopped on request (cooperatively, at a step boundary or between stages)."""
+class JobCancelledError(GenvisorError):
+    """A job stopped on request (cooperatively, at a step boundary or between stages); the
+    event that says so is `ev.JobCancelled`."""
 
     def __init__(self, *, job_id: str, stage: str) -> None:
         self.job_id = job_id

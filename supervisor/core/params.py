@@ -11,23 +11,57 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "INPUT_ID_PATTERN",
     "JOB_ID_PATTERN",
     "Dtype",
+    "Fit",
     "FrozenModel",
     "GenerationParams",
+    "JobInputs",
+    "Mode",
     "Offload",
+    "PipelineClass",
     "PipelineOptions",
 ]
 
 # Job ids become file names in the worker: only the server generates them, and only this
 # alphabet is accepted, so no client string can reach the file system as a path.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# An uploaded input is named by the sha256 of its bytes; the file is `<home>/inputs/<hex>`, so an
+# id that matches this is the only thing that ever becomes an input's path.
+INPUT_ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
 class Dtype(StrEnum):
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
     FLOAT16 = "float16"
+
+
+class Mode(StrEnum):
+    """What a job starts from: text alone, a first frame, or a first and a last frame."""
+
+    T2V = "t2v"
+    I2V = "i2v"
+    FLF2V = "flf2v"
+
+
+class Fit(StrEnum):
+    """How an input image meets the requested size: `crop` keeps the aspect and cuts the
+    overflow (centred), `pad` keeps the whole image and fills the rest with black,
+    `stretch` scales each side on its own."""
+
+    CROP = "crop"
+    PAD = "pad"
+    STRETCH = "stretch"
+
+
+class PipelineClass(StrEnum):
+    """The diffusers pipelines a model may name (the registry's `pipeline_class`): no other
+    class is ever imported or instantiated from a model's files."""
+
+    WAN = "WanPipeline"
+    WAN_I2V = "WanImageToVideoPipeline"
 
 
 class Offload(StrEnum):
@@ -69,3 +103,17 @@ class GenerationParams(FrozenModel):
         if (value - 1) % 4:
             raise ValueError(f"num_frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {value}")
         return value
+
+
+class JobInputs(FrozenModel):
+    """The stored images a job starts from (ids from POST /v1/inputs) and how they are fitted."""
+
+    image: str | None = Field(default=None, pattern=INPUT_ID_PATTERN)
+    last_image: str | None = Field(default=None, pattern=INPUT_ID_PATTERN)
+    fit: Fit = Fit.CROP
+
+    @property
+    def mode(self) -> Mode:
+        if self.last_image is not None:
+            return Mode.FLF2V
+        return Mode.I2V if self.image is not None else Mode.T2V

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=5.0, gt=0)
 
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    # The weights' and activations' dtype: "auto" is bfloat16 on a GPU (what Wan's weights are
+    # published in, half of float32's memory) and float32 on a CPU (bfloat16 matmuls there are
+    # slow on most processors).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     stall_timeout: float = Field(default=30.0, gt=0)
     heartbeat_interval: float = Field(default=1.0, gt=0)
 
@@ -111,6 +115,10 @@ class Settings(BaseSettings):
     queue_max: int = Field(default=100, ge=1)
     max_prompt_chars: int = Field(default=2000, ge=1, le=20000)
     max_request_bytes: int = Field(default=65536, ge=1024)
+    # Uploaded images (POST /v1/inputs): bytes of one upload, and pixels checked on the header
+    # before anything is decoded (a decompression bomb is refused at no cost).
+    max_input_bytes: int = Field(default=20 * 1024**2, ge=1024)
+    max_input_pixels: int = Field(default=40_000_000, ge=256)
     job_retention_days: float = Field(default=30.0, gt=0)
 
     # VRAM monitor, pre-flight and the recovery ladder (issue 6)

@@ -61,11 +61,15 @@ class ErrorCode(StrEnum):
     MODEL_GATED = "MODEL.GATED"
     MODEL_REVISION_NOT_FOUND = "MODEL.REVISION_NOT_FOUND"
     MODEL_WEIGHTS_MISMATCH = "MODEL.WEIGHTS_MISMATCH"
+    MODEL_UNSAFE_FORMAT = "MODEL.UNSAFE_FORMAT"
+    MODEL_LOAD_FAILED = "MODEL.LOAD_FAILED"
 
     NET_OFFLINE = "NET.OFFLINE"
     NET_TIMEOUT = "NET.TIMEOUT"
     NET_SERVER_ERROR = "NET.SERVER_ERROR"
     NET_RATE_LIMITED = "NET.RATE_LIMITED"
+    NET_CONNECTION_LOST = "NET.CONNECTION_LOST"
+    NET_NO_SERVER = "NET.NO_SERVER"
 
     FS_DISK_FULL = "FS.DISK_FULL"
     FS_PERMISSION = "FS.PERMISSION"
@@ -73,6 +77,10 @@ class ErrorCode(StrEnum):
     FS_NOT_FOUND = "FS.NOT_FOUND"
     FS_TOO_MANY_OPEN_FILES = "FS.TOO_MANY_OPEN_FILES"
     FS_IO_ERROR = "FS.IO_ERROR"
+    FS_NAME_TOO_LONG = "FS.NAME_TOO_LONG"
+    FS_IN_USE = "FS.IN_USE"
+    FS_PATH_CONFLICT = "FS.PATH_CONFLICT"
+    FS_DAMAGED_MEDIA = "FS.DAMAGED_MEDIA"
 
     STORE_CORRUPTED = "STORE.CORRUPTED"
 
@@ -80,6 +88,7 @@ class ErrorCode(StrEnum):
     INPUT_FRAMES = "INPUT.FRAMES"
     INPUT_PROMPT = "INPUT.PROMPT"
     INPUT_INVALID = "INPUT.INVALID"
+    INPUT_CANCEL_REFUSED = "INPUT.CANCEL_REFUSED"
 
     PIPELINE_DEVICE_MISMATCH = "PIPELINE.DEVICE_MISMATCH"
     PIPELINE_DTYPE_MISMATCH = "PIPELINE.DTYPE_MISMATCH"
@@ -87,6 +96,7 @@ class ErrorCode(StrEnum):
     PIPELINE_SHAPE_MISMATCH = "PIPELINE.SHAPE_MISMATCH"
     PIPELINE_NAN_OUTPUT = "PIPELINE.NAN_OUTPUT"
     PIPELINE_CUDA_CONTEXT = "PIPELINE.CUDA_CONTEXT"
+    PIPELINE_CANCELLED = "PIPELINE.CANCELLED"
 
     WORKER_CRASHED = "WORKER.CRASHED"
     WORKER_HUNG = "WORKER.HUNG"
@@ -94,17 +104,26 @@ class ErrorCode(StrEnum):
 
     SYSTEM_HOST_MEMORY = "SYSTEM.HOST_MEMORY"
     SYSTEM_RESOURCE_LIMIT = "SYSTEM.RESOURCE_LIMIT"
+    SYSTEM_BUSY = "SYSTEM.BUSY"
+    SYSTEM_STOPPING = "SYSTEM.STOPPING"
+    SYSTEM_INTERNAL = "SYSTEM.INTERNAL"
+    SYSTEM_MONITOR_UNAVAILABLE = "SYSTEM.MONITOR_UNAVAILABLE"
 
     CONFIG_INVALID = "CONFIG.INVALID"
     CONFIG_DEVICE_UNAVAILABLE = "CONFIG.DEVICE_UNAVAILABLE"
     CONFIG_MISSING_DEPENDENCY = "CONFIG.MISSING_DEPENDENCY"
     CONFIG_TOKEN_REQUIRED = "CONFIG.TOKEN_REQUIRED"
+    CONFIG_UNSUPPORTED_HARDWARE = "CONFIG.UNSUPPORTED_HARDWARE"
+    CONFIG_UNSUPPORTED_OPTION = "CONFIG.UNSUPPORTED_OPTION"
+    CONFIG_INCOMPATIBLE_VERSIONS = "CONFIG.INCOMPATIBLE_VERSIONS"
+    CONFIG_HOME_IN_USE = "CONFIG.HOME_IN_USE"
+    CONFIG_PORT_IN_USE = "CONFIG.PORT_IN_USE"
 
     UNKNOWN_ERROR = "UNKNOWN.ERROR"
 
     @property
     def category(self) -> Category:
-        return _PREFIX_CATEGORY[self.value.partition(".")[0]]
+        return _CODE_CATEGORY[self]
 
 
 # Invariant: every code prefix maps to exactly one category. WORKER.* is a generation-pipeline
@@ -122,6 +141,9 @@ _PREFIX_CATEGORY: dict[str, Category] = {
     "SYSTEM": Category.SYSTEM_RESOURCE,
     "CONFIG": Category.CONFIGURATION,
     "UNKNOWN": Category.UNKNOWN,
+}
+_CODE_CATEGORY: dict[ErrorCode, Category] = {
+    code: _PREFIX_CATEGORY[code.value.partition(".")[0]] for code in ErrorCode
 }
 
 
@@ -147,38 +169,58 @@ CODE_SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.MODEL_GATED: CodeSpec(_H, False),
     ErrorCode.MODEL_REVISION_NOT_FOUND: CodeSpec(_H, False),
     ErrorCode.MODEL_WEIGHTS_MISMATCH: CodeSpec(_H, False),
+    ErrorCode.MODEL_UNSAFE_FORMAT: CodeSpec(_H, False),
+    ErrorCode.MODEL_LOAD_FAILED: CodeSpec(_H, False),
     ErrorCode.NET_OFFLINE: CodeSpec(_M, True),
     ErrorCode.NET_TIMEOUT: CodeSpec(_M, True),
     ErrorCode.NET_SERVER_ERROR: CodeSpec(_M, True),
     ErrorCode.NET_RATE_LIMITED: CodeSpec(_M, True),
+    ErrorCode.NET_CONNECTION_LOST: CodeSpec(_M, True),
+    ErrorCode.NET_NO_SERVER: CodeSpec(_M, False),
     ErrorCode.FS_DISK_FULL: CodeSpec(_C, False),
     ErrorCode.FS_PERMISSION: CodeSpec(_H, False),
     ErrorCode.FS_READ_ONLY: CodeSpec(_H, False),
     ErrorCode.FS_NOT_FOUND: CodeSpec(_M, False),
     ErrorCode.FS_TOO_MANY_OPEN_FILES: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.FS_IO_ERROR: CodeSpec(_C, False),
+    ErrorCode.FS_NAME_TOO_LONG: CodeSpec(_M, False),
+    ErrorCode.FS_IN_USE: CodeSpec(_M, False),
+    ErrorCode.FS_PATH_CONFLICT: CodeSpec(_M, False),
+    ErrorCode.FS_DAMAGED_MEDIA: CodeSpec(_M, False),
     # Not recoverable while running: the store heals at the next start (moved aside, salvaged).
     ErrorCode.STORE_CORRUPTED: CodeSpec(_H, False),
     ErrorCode.INPUT_RESOLUTION: CodeSpec(_L, False),
     ErrorCode.INPUT_FRAMES: CodeSpec(_L, False),
     ErrorCode.INPUT_PROMPT: CodeSpec(_L, False),
     ErrorCode.INPUT_INVALID: CodeSpec(_L, False),
+    ErrorCode.INPUT_CANCEL_REFUSED: CodeSpec(_L, False),
     ErrorCode.PIPELINE_DEVICE_MISMATCH: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.PIPELINE_DTYPE_MISMATCH: CodeSpec(_H, True),
     ErrorCode.PIPELINE_DTYPE_UNSUPPORTED: CodeSpec(_M, True),
     ErrorCode.PIPELINE_SHAPE_MISMATCH: CodeSpec(_H, False),
     ErrorCode.PIPELINE_NAN_OUTPUT: CodeSpec(_M, True),
     ErrorCode.PIPELINE_CUDA_CONTEXT: CodeSpec(_C, True, poisons_context=True),
+    # A job stopped on request: nothing failed, nothing to recover.
+    ErrorCode.PIPELINE_CANCELLED: CodeSpec(_L, False),
     ErrorCode.WORKER_CRASHED: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.WORKER_HUNG: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.WORKER_PROTOCOL: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.SYSTEM_HOST_MEMORY: CodeSpec(_H, True),
     ErrorCode.SYSTEM_RESOURCE_LIMIT: CodeSpec(_H, True),
+    ErrorCode.SYSTEM_BUSY: CodeSpec(_M, True),
+    ErrorCode.SYSTEM_STOPPING: CodeSpec(_M, False),
+    ErrorCode.SYSTEM_INTERNAL: CodeSpec(_H, False),
+    ErrorCode.SYSTEM_MONITOR_UNAVAILABLE: CodeSpec(_L, False),
     ErrorCode.CONFIG_INVALID: CodeSpec(_H, False),
     ErrorCode.CONFIG_DEVICE_UNAVAILABLE: CodeSpec(_C, True),
     ErrorCode.CONFIG_MISSING_DEPENDENCY: CodeSpec(_C, False),
     # The client lacks the server's API token: its configuration, not the server's.
     ErrorCode.CONFIG_TOKEN_REQUIRED: CodeSpec(_L, False),
+    ErrorCode.CONFIG_UNSUPPORTED_HARDWARE: CodeSpec(_H, False),
+    ErrorCode.CONFIG_UNSUPPORTED_OPTION: CodeSpec(_M, False),
+    ErrorCode.CONFIG_INCOMPATIBLE_VERSIONS: CodeSpec(_H, False),
+    ErrorCode.CONFIG_HOME_IN_USE: CodeSpec(_H, False),
+    ErrorCode.CONFIG_PORT_IN_USE: CodeSpec(_H, False),
     ErrorCode.UNKNOWN_ERROR: CodeSpec(_M, False),
 }
 
@@ -199,7 +241,7 @@ class Categorization:
     def of(cls, code: ErrorCode, rule: str, severity: Severity | None = None) -> Categorization:
         spec = CODE_SPECS[code]
         return cls(
-            category=code.category,
+            category=_CODE_CATEGORY[code],
             severity=severity or spec.severity,
             code=code,
             recoverable=spec.recoverable,

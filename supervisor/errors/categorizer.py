@@ -1,9 +1,10 @@
 """ErrorReport (+ context) -> Categorization.
 
 Order, first decision wins:
+0. the code one of genvisor's own exceptions carried into the report's context (`error_code`);
 1. the exception's classes, most specific first (type_rules.py): a clear type is never
    overridden by text or context;
-2. the errno a text report states (`[Errno 28] ...`);
+2. the OS error number a text report states (`[Errno 28] ...`, `[WinError 5]`, `(os error N)`);
 3. the compiled text rules of config/error_patterns.toml;
 4. `UNKNOWN.ERROR`.
 Then context may refine: an out-of-memory with enough reserved-but-unallocated memory becomes
@@ -23,15 +24,11 @@ from supervisor.errors.categories import (
     ErrorCode,
     Severity,
 )
+from supervisor.errors.os_codes import os_error_code
 from supervisor.errors.pattern_rules import PatternRuleSet, load_pattern_rules
 from supervisor.errors.report import ErrorReport
 from supervisor.errors.traceback_text import extract_facts, is_fragmented
-from supervisor.errors.type_rules import (
-    ERRNO_CODES,
-    TypeRuleTable,
-    default_type_rules,
-    errno_of,
-)
+from supervisor.errors.type_rules import TypeRuleTable, default_type_rules
 
 __all__ = ["DEFAULT_PATTERNS_PATH", "Categorizer", "default_categorizer"]
 
@@ -60,7 +57,6 @@ class Categorizer:
     def categorize(
         self, report: ErrorReport, context: CategorizationContext | None = None
     ) -> Categorization:
-        ctx = context if context is not None else CategorizationContext.from_report(report)
         # The class name is part of the text the rules read: a pasted `DefaultCPUAllocator: not
         # enough memory` puts the deciding word where a class name would be.
         head = report.message[:_SCAN_CHARS]
@@ -69,7 +65,7 @@ class Categorizer:
         if result is None:
             result = self._by_text(report, lowered)
         result = self._memory_underneath(result, report)
-        return self._refine(result, report, ctx)
+        return self._refine(result, report, context)
 
     def _memory_underneath(self, result: Categorization, report: ErrorReport) -> Categorization:
         """An error raised while handling an out-of-memory is its consequence: diffusers'
@@ -84,6 +80,9 @@ class Categorizer:
         return result
 
     def _by_type(self, report: ErrorReport, lowered: str) -> Categorization | None:
+        carried = report.context.get("error_code")
+        if isinstance(carried, str) and carried in _CODE_VALUES:
+            return Categorization.of(ErrorCode(carried), "carried:error_code")
         if not report.exc_type:
             return None
         for name in (report.exc_type, *report.mro_names):
@@ -105,29 +104,46 @@ class Categorizer:
         return None
 
     def _by_text(self, report: ErrorReport, lowered: str) -> Categorization:
-        number = errno_of(report, lowered)
-        if number is not None and number in ERRNO_CODES:
-            return Categorization.of(ERRNO_CODES[number], f"errno:{number}")
+        found = os_error_code(report, lowered)
+        if found is not None:
+            return Categorization.of(found[0], found[1])
         match = self._patterns.first_match(lowered)
         if match is not None:
             return Categorization.of(match.code, f"pattern:{match.name}", match.severity)
+        return self._by_earlier_text(report)
+
+    def _by_earlier_text(self, report: ErrorReport) -> Categorization:
+        """When the last error says nothing the rules know ("Broken pipe" from a pipe to
+        ffmpeg), the lines before it often name the cause ("Unknown encoder 'libx264'", an
+        exception the last one was raised while handling). Only the tail is read, and only
+        its unindented lines: a traceback's frames and source lines are indented."""
+        tail = report.traceback[-_SCAN_CHARS:]
+        earlier = "\n".join(ln for ln in tail.splitlines() if ln and not ln[0].isspace())
+        if earlier:
+            match = self._patterns.first_match(earlier.lower())
+            if match is not None:
+                return Categorization.of(match.code, f"earlier:{match.name}", match.severity)
         return Categorization.of(ErrorCode.UNKNOWN_ERROR, "fallback")
 
     def _refine(
-        self, result: Categorization, report: ErrorReport, ctx: CategorizationContext
+        self, result: Categorization, report: ErrorReport, context: CategorizationContext | None
     ) -> Categorization:
         if result.code is ErrorCode.VRAM_EXHAUSTED and "unallocated" in report.message:
             if is_fragmented(extract_facts(report.message)):
                 return Categorization.of(
                     ErrorCode.VRAM_FRAGMENTED, result.rule + "+fragmented", result.severity
                 )
-        if result.code is ErrorCode.SYSTEM_HOST_MEMORY and ctx.pipeline_on_cpu:
-            return Categorization.of(
-                ErrorCode.VRAM_EXHAUSTED, result.rule + "+cpu-pipeline", Severity.HIGH
-            )
+        if result.code is ErrorCode.SYSTEM_HOST_MEMORY:
+            # Read from the report only here: most verdicts never need the context.
+            ctx = context if context is not None else CategorizationContext.from_report(report)
+            if ctx.pipeline_on_cpu:
+                return Categorization.of(
+                    ErrorCode.VRAM_EXHAUSTED, result.rule + "+cpu-pipeline", Severity.HIGH
+                )
         return result
 
 
+_CODE_VALUES = frozenset(code.value for code in ErrorCode)
 _MEMORY_CODES = frozenset(
     {ErrorCode.VRAM_EXHAUSTED, ErrorCode.VRAM_FRAGMENTED, ErrorCode.SYSTEM_HOST_MEMORY}
 )

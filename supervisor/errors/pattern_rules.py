@@ -78,10 +78,12 @@ class PatternRule:
 class PatternRuleSet:
     """An ordered list of compiled rules."""
 
-    __slots__ = ("_rules",)
+    __slots__ = ("_plain", "_rules", "_table")
 
     def __init__(self, rules: Sequence[PatternRule]) -> None:
         self._rules = tuple(rules)
+        self._table = tuple((r, r.code.category, r.literals, r.regex) for r in self._rules)
+        self._plain = tuple((r, r.literals, r.regex) for r in self._rules)
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -93,12 +95,26 @@ class PatternRuleSet:
     def first_match(
         self, lowered: str, within: frozenset[Category] | None = None
     ) -> PatternRule | None:
-        """The first rule that matches `lowered`; with `within`, only rules of those categories."""
-        for rule in self._rules:
-            if within is not None and rule.code.category not in within:
+        """The first rule that matches `lowered`; with `within`, only rules of those categories.
+
+        The loop is `PatternRule.matches` inlined: a Python call per rule would cost more than
+        the substring searches it makes; the common case, all categories, has its own loop."""
+        if within is None:
+            for rule, literals, regex in self._plain:
+                for literal in literals:
+                    if literal in lowered:
+                        if regex is None or regex.search(lowered) is not None:
+                            return rule
+                        break
+            return None
+        for rule, category, literals, regex in self._table:
+            if category not in within:
                 continue
-            if rule.matches(lowered):
-                return rule
+            for literal in literals:
+                if literal in lowered:
+                    if regex is None or regex.search(lowered) is not None:
+                        return rule
+                    break
         return None
 
 

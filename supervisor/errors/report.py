@@ -14,6 +14,7 @@ import traceback as traceback_module
 from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor.core.stages import Stage
+from supervisor.errors.categories import ErrorCode
 
 __all__ = ["ErrorReport", "Stage", "qualified_name"]
 
@@ -74,6 +75,7 @@ class ErrorReport(BaseModel):
         message = str(exc)
         own_context = getattr(exc, "report_context", None)
         merged = dict(own_context()) if callable(own_context) else {}
+        merged.update(_carried(exc, message))
         merged.update(context or {})
         return cls(
             exc_type=qualified_name(type(exc)),
@@ -118,6 +120,21 @@ def _cause_types(exc: BaseException) -> tuple[str, ...]:
         names.append(qualified_name(type(link)))
         link = link.__cause__ or link.__context__
     return tuple(names)
+
+
+def _carried(exc: BaseException, message: str) -> dict[str, str | int | float | bool | None]:
+    """What one of genvisor's own exceptions already knows: its `code` (an ErrorCode), and the
+    `remedy` sentence with the message it completes (`detail`)."""
+    carried: dict[str, str | int | float | bool | None] = {}
+    code = getattr(exc, "code", None)
+    if isinstance(code, ErrorCode):
+        carried["error_code"] = code.value
+    remedy = getattr(exc, "remedy", None)
+    if isinstance(remedy, str) and remedy:
+        carried["remedy"] = remedy
+        detail = message[: -len(remedy)] if message.endswith(remedy) else message
+        carried["detail"] = detail.rstrip(" .")
+    return carried
 
 
 def _http_status(exc: BaseException) -> int | None:

@@ -132,6 +132,7 @@ _REPO_RESTRICTED = re.compile(r"access to model ([\w.\-]+/[\w.\-]+) is restricte
 _REPO_URL = re.compile(r"huggingface\.co/(?:api/models/)?([\w.\-]+/[\w.\-]+)/")
 _URL = re.compile(r"for url: (https?://[^\s)]+)")
 _HEIGHT_WIDTH = re.compile(r"divisible by (\d+) but are (\d+) and (\d+)")
+_MULTIPLE = re.compile(r"(?:divisible by|multiple of) (\d+)")
 
 
 def parse_size(number: str, unit: str) -> int:
@@ -181,6 +182,10 @@ def extract_facts(message: str) -> dict[str, object]:
             facts["multiple"] = int(found.group(1))
             facts["height"] = int(found.group(2))
             facts["width"] = int(found.group(3))
+    if "multiple" not in facts and ("divisible by" in low or "multiple of" in low):
+        found = _MULTIPLE.search(low)
+        if found:
+            facts["multiple"] = int(found.group(1))
     return facts
 
 

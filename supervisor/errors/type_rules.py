@@ -9,7 +9,6 @@ problem; which one, the wording says").
 
 from __future__ import annotations
 
-import errno as errno_module
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,46 +19,23 @@ from supervisor.errors.categories import (
     Category,
     ErrorCode,
 )
+from supervisor.errors.os_codes import BUILTIN_OS_ERRNOS, ERRNO_CODES, errno_of, os_error_code
 from supervisor.errors.report import ErrorReport, Stage
 
-__all__ = ["ERRNO_CODES", "TypeRule", "TypeRuleTable", "default_type_rules", "errno_of"]
+__all__ = [
+    "ERRNO_CODES",
+    "OWN_CODES",
+    "TypeRule",
+    "TypeRuleTable",
+    "default_type_rules",
+    "errno_of",
+]
 
 # (report, lowered message) -> a code, or None to let the next rule or class decide.
 Handler = Callable[[ErrorReport, str], ErrorCode | None]
 
-_ERRNO_RE = re.compile(r"\[errno (\d+)\]")
 _STATUS_RE = re.compile(r"\b([45]\d\d) (?:client|server) error")
-
-
-def _errnos(*names: str) -> list[int]:
-    return [getattr(errno_module, n) for n in names if hasattr(errno_module, n)]
-
-
-ERRNO_CODES: dict[int, ErrorCode] = {
-    **dict.fromkeys(_errnos("ENOSPC", "EDQUOT"), ErrorCode.FS_DISK_FULL),
-    **dict.fromkeys(_errnos("EACCES", "EPERM"), ErrorCode.FS_PERMISSION),
-    **dict.fromkeys(_errnos("EROFS"), ErrorCode.FS_READ_ONLY),
-    **dict.fromkeys(_errnos("ENOENT", "ENOTDIR"), ErrorCode.FS_NOT_FOUND),
-    **dict.fromkeys(_errnos("EMFILE", "ENFILE"), ErrorCode.FS_TOO_MANY_OPEN_FILES),
-    **dict.fromkeys(_errnos("EIO"), ErrorCode.FS_IO_ERROR),
-    **dict.fromkeys(_errnos("ENOMEM"), ErrorCode.SYSTEM_HOST_MEMORY),
-    **dict.fromkeys(
-        _errnos("ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH", "ENETDOWN", "ECONNRESET"),
-        ErrorCode.NET_OFFLINE,
-    ),
-    **dict.fromkeys(_errnos("ETIMEDOUT"), ErrorCode.NET_TIMEOUT),
-}
-
-
-def errno_of(report: ErrorReport, lowered: str) -> int | None:
-    """The report's errno, or the one its text states (`[Errno 28] ...`) when it came as text."""
-    if report.errno is not None:
-        return report.errno
-    if "[errno " in lowered:
-        found = _ERRNO_RE.search(lowered)
-        if found:
-            return int(found.group(1))
-    return None
+_HUB_URL = re.compile(r"huggingface\.co|hf\.co|/resolve/|/api/models/")
 
 
 def http_status_of(report: ErrorReport, lowered: str) -> int | None:
@@ -73,8 +49,36 @@ def http_status_of(report: ErrorReport, lowered: str) -> int | None:
 
 
 def _by_errno(report: ErrorReport, lowered: str) -> ErrorCode | None:
-    number = errno_of(report, lowered)
-    return ERRNO_CODES.get(number) if number is not None else None
+    """OSError and its builtin subclasses: the number decides; without one, the class's own
+    errno (`ConnectionResetError` is ECONNRESET); a program that `subprocess` could not find
+    is a missing dependency (ffmpeg not installed), not a missing data file."""
+    found = os_error_code(report, lowered)
+    code = found[0] if found is not None else None
+    if code is None:
+        for name in (report.exc_type, *report.mro_names):
+            implied = BUILTIN_OS_ERRNOS.get(name.rpartition(".")[2])
+            if implied is not None:
+                code = ERRNO_CODES.get(implied)
+                break
+    if code is ErrorCode.FS_NOT_FOUND and "_execute_child" in report.traceback:
+        return ErrorCode.CONFIG_MISSING_DEPENDENCY
+    if code is None and _NETWORK_FRAME.search(_last_frame(report.traceback)):
+        # No number to go by ("[Errno 0] Error" from an SSL handshake through a proxy), but it
+        # was raised while talking to a server: a connection that could not be made.
+        return ErrorCode.NET_OFFLINE
+    return code
+
+
+# The innermost frame of a traceback in one of the libraries that open connections.
+_NETWORK_FRAME = re.compile(
+    r"[/\\](?:ssl|socket)\.py|urllib3[/\\]|http[/\\]client\.py|httpcore[/\\]|httpx[/\\]"
+    r"|requests[/\\]adapters\.py"
+)
+
+
+def _last_frame(traceback: str) -> str:
+    start = traceback.rfind('File "')
+    return traceback[start : start + 300] if start >= 0 else ""
 
 
 def _by_http_status(report: ErrorReport, lowered: str) -> ErrorCode | None:
@@ -87,6 +91,9 @@ def _by_http_status(report: ErrorReport, lowered: str) -> ErrorCode | None:
         return ErrorCode.NET_SERVER_ERROR
     if status == 404:
         return ErrorCode.MODEL_NOT_FOUND
+    if status in (401, 403) and (report.has_type("HfHubHTTPError") or _HUB_URL.search(lowered)):
+        # The Hub answers 401 for a gated or private repository without the right token.
+        return ErrorCode.MODEL_GATED
     return None
 
 
@@ -105,6 +112,26 @@ def _by_sqlite_words(report: ErrorReport, lowered: str) -> ErrorCode | None:
         return ErrorCode.FS_DISK_FULL
     if "disk i/o error" in lowered:
         return ErrorCode.FS_IO_ERROR
+    if "readonly database" in lowered or "read-only database" in lowered:
+        return ErrorCode.FS_READ_ONLY
+    if "database is locked" in lowered:
+        return ErrorCode.FS_IN_USE
+    if "unable to open database file" in lowered:
+        return ErrorCode.FS_PERMISSION
+    return None
+
+
+# Frames of a checkpoint being unpickled: torch.load and its legacy loader, or a caller's line.
+_CHECKPOINT_LOAD = re.compile(r"torch[/\\]serialization\.py|torch\.load\(|\.(?:pth?|ckpt|bin)\b")
+
+
+def _by_load_frames(report: ErrorReport, lowered: str) -> ErrorCode | None:
+    # pickle says "Ran out of input" for an empty or cut-off file; when torch.load was reading
+    # a checkpoint that is a truncated download. A pipe between processes (Windows DataLoader
+    # workers) raises the same words, so the frames decide, not the message.
+    tb = report.traceback
+    if tb and "multiprocessing" not in tb and _CHECKPOINT_LOAD.search(tb):
+        return ErrorCode.MODEL_INCOMPLETE
     return None
 
 
@@ -164,6 +191,7 @@ def default_type_rules() -> TypeRuleTable:
         ),
     )
     t.add(["MemoryError"], TypeRule(code.SYSTEM_HOST_MEMORY), bare=False)
+    t.add(["EOFError"], TypeRule(None, handler=_by_load_frames), bare=False)
 
     hub = "huggingface_hub.errors."
     t.add([hub + "GatedRepoError"], TypeRule(code.MODEL_GATED))
@@ -209,20 +237,30 @@ def default_type_rules() -> TypeRuleTable:
     t.add(unreachable, TypeRule(code.NET_OFFLINE, within=net))
     t.add(["ConnectionError"], TypeRule(code.NET_OFFLINE, within=net), bare=False)
     t.add(["httpx.RemoteProtocolError"], TypeRule(code.NET_SERVER_ERROR))
+    # A connection that was up and broke mid-transfer (checked before NetworkError's OFFLINE).
+    lost = [
+        "httpx.ReadError", "httpx.WriteError", "httpx.CloseError",
+        "requests.exceptions.ChunkedEncodingError", "http.client.RemoteDisconnected",
+        "http.client.IncompleteRead",
+    ]  # fmt: skip
+    t.add(lost, TypeRule(code.NET_CONNECTION_LOST))
+    t.add(["urllib3.exceptions.ProtocolError"], TypeRule(code.NET_CONNECTION_LOST), bare=False)
 
     # OSError and its builtin subclasses decide by errno; without one they step aside, and the
     # text rules read the message (transformers and diffusers raise bare OSErrors with prose).
     os_family = [
         "OSError", "IOError", "EnvironmentError", "FileNotFoundError", "PermissionError",
         "IsADirectoryError", "NotADirectoryError", "FileExistsError", "BlockingIOError",
+        "ConnectionResetError", "ConnectionAbortedError", "ConnectionRefusedError",
     ]  # fmt: skip
     t.add(os_family, TypeRule(None, handler=_by_errno), bare=False)
     # Every sqlite3 error class (OperationalError, IntegrityError, ...) has DatabaseError in its
     # MRO; genvisor's own StoreCorrupted is one too. Other wordings ("database is locked") fall
     # through to the text rules.
+    t.add(["sqlite3.DatabaseError"], TypeRule(None, handler=_by_sqlite_words), bare=False)
     t.add(
-        ["sqlite3.DatabaseError", "supervisor.core.store_health.StoreCorrupted"],
-        TypeRule(None, handler=_by_sqlite_words),
+        ["supervisor.core.store_health.StoreCorrupted"],
+        TypeRule(code.STORE_CORRUPTED, handler=_by_sqlite_words),
         bare=False,
     )
 
@@ -246,4 +284,48 @@ def default_type_rules() -> TypeRuleTable:
     t.add(
         ["ModuleNotFoundError", "ImportError"], TypeRule(code.CONFIG_MISSING_DEPENDENCY), bare=False
     )
+    for name, own in OWN_CODES.items():
+        t.add([name], TypeRule(own), bare=False)
     return t
+
+
+# genvisor's own exception classes, by qualified name. Every class genvisor raises on purpose has
+# a code here or carries one (a `code` attribute that is an `ErrorCode`, which
+# `ErrorReport.from_exception` copies into the report's context, decided before these rules).
+# The base `GenvisorError` maps to SYSTEM.INTERNAL, so a subclass added later is never UNKNOWN;
+# tests/test_errors_own_exceptions.py walks every class defined in the code base.
+_CORE = "supervisor.core.exceptions."
+
+OWN_CODES: dict[str, ErrorCode] = {
+    _CORE + "GenvisorError": ErrorCode.SYSTEM_INTERNAL,
+    _CORE + "BusClosed": ErrorCode.SYSTEM_STOPPING,
+    _CORE + "InvalidTransition": ErrorCode.SYSTEM_INTERNAL,
+    _CORE + "ActorError": ErrorCode.SYSTEM_INTERNAL,
+    _CORE + "ActorNotRunning": ErrorCode.SYSTEM_STOPPING,
+    _CORE + "MailboxFull": ErrorCode.SYSTEM_BUSY,
+    _CORE + "AskTimeout": ErrorCode.SYSTEM_BUSY,
+    _CORE + "ActorCrashedError": ErrorCode.SYSTEM_INTERNAL,
+    _CORE + "WorkerError": ErrorCode.WORKER_CRASHED,
+    _CORE + "UnsupportedOption": ErrorCode.CONFIG_UNSUPPORTED_OPTION,
+    _CORE + "JobCancelledError": ErrorCode.PIPELINE_CANCELLED,
+    _CORE + "ServerUnavailable": ErrorCode.NET_NO_SERVER,
+    _CORE + "HomeInUse": ErrorCode.CONFIG_HOME_IN_USE,
+    _CORE + "PortInUse": ErrorCode.CONFIG_PORT_IN_USE,
+    _CORE + "MemorySourceUnavailable": ErrorCode.SYSTEM_MONITOR_UNAVAILABLE,
+    _CORE + "WeightsHeaderError": ErrorCode.MODEL_CORRUPTED,
+    "supervisor.supervision.job_flow.CancelRefused": ErrorCode.INPUT_CANCEL_REFUSED,
+    # An uploaded image genvisor does not take (format, size, pixels): the request's fault.
+    "supervisor.jobs.image_checks.ImageRejected": ErrorCode.INPUT_INVALID,
+    "supervisor.api.forwarding._ClientGone": ErrorCode.NET_CONNECTION_LOST,
+    # The server answered but refused the event stream: the client's token (or Origin).
+    "supervisor.cli.event_stream.StreamRefused": ErrorCode.CONFIG_TOKEN_REQUIRED,
+    "actors.models.hub_failures.HashMismatch": ErrorCode.MODEL_CORRUPTED,
+    # These carry their own `code`; the names are the fallback for a report made without it.
+    "actors.models.model_errors.ModelStoreError": ErrorCode.MODEL_LOAD_FAILED,
+    "actors.models.model_errors.UnknownModel": ErrorCode.CONFIG_INVALID,
+    "actors.models.model_errors.DownloadFailed": ErrorCode.NET_SERVER_ERROR,
+    "actors.models.model_errors.DiskSpaceRefused": ErrorCode.FS_DISK_FULL,
+    "actors.models.model_errors.PickleWeightsRefused": ErrorCode.MODEL_UNSAFE_FORMAT,
+    "actors.models.model_errors.ModelUnavailable": ErrorCode.MODEL_LOAD_FAILED,
+    "supervisor.api.api_errors.ApiError": ErrorCode.INPUT_INVALID,
+}

@@ -106,12 +106,21 @@ def explain(
         for s in entry.suggestions
         if s.id not in done and s.fits(kind, report.stage)
     ]
+    # One of genvisor's own exceptions knows the exact next step (the command to run) and the
+    # specific reason: they replace the catalog's general words, which may not apply (a Hub
+    # login for a model that is built locally).
+    remedy, detail = report.context.get("remedy"), report.context.get("detail")
+    if isinstance(remedy, str) and remedy:
+        suggestions = [_sentence(remedy)]
+    message = render(entry.message, values)
+    if isinstance(detail, str) and detail:
+        message = _sentence(detail)
     return UserError(
         code=verdict.code,
         category=verdict.category,
         severity=verdict.severity,
         title=render(entry.title, values),
-        message=render(entry.message, values),
+        message=message,
         suggestions=suggestions[:MAX_SUGGESTIONS],
         applied_recovery=[book.done_text(action, values) for action in dict.fromkeys(applied)],
         technical=TechnicalDetails(
@@ -161,6 +170,12 @@ def _device_label(values: Mapping[str, object], report: ErrorReport) -> object:
     if isinstance(index, int):
         return f"GPU {index}"
     return report.device
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _escape(value: object) -> str:

@@ -1,7 +1,7 @@
 """What genvisor changed about a job to make it run: one typed record per change.
 
 A change is made by pre-flight (before the first attempt), by a learned strategy, or by recovery
-after a failure (a memory rung, a model repair, a stand-in model). The job keeps them in order;
+after a failure (a memory rung, a model repair, a fallback model). The job keeps them in order;
 results, events and the API show them as JSON (`as_dict`), and people read `text`.
 
 Invariant: a change planned for the next attempt has ``attempt == job.attempts + 1`` until that

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from supervisor.core.params import GenerationParams, PipelineOptions
+from supervisor.core.params import GenerationParams, JobInputs, PipelineOptions
 from supervisor.core.stages import Stage
 from supervisor.jobs.change import Change, ChangeOrigin
 
@@ -62,6 +62,8 @@ class Job:
     stage: Stage | None = None
     step: int | None = None
     total_steps: int | None = None
+    # The images it starts from (None: a text job).
+    inputs: JobInputs | None = None
 
     @property
     def requested_params(self) -> GenerationParams:
@@ -100,6 +102,7 @@ class Job:
             "requested": self.requested.model_dump_json() if self.requested else None,
             "result": json.dumps(self.result) if self.result is not None else None,
             "error": json.dumps(self.error) if self.error is not None else None,
+            "inputs": self.inputs.model_dump_json() if self.inputs is not None else None,
         }
 
     @classmethod
@@ -126,6 +129,7 @@ class Job:
             ),
             result=json.loads(row["result"]) if row["result"] else None,
             error=json.loads(row["error"]) if row["error"] else None,
+            inputs=JobInputs.model_validate_json(row["inputs"]) if row.get("inputs") else None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -145,6 +149,7 @@ class Job:
             "attempts": self.attempts,
             "changes": [c.as_dict() for c in self.changes],
             "progress": {"stage": self.stage, "step": self.step, "total_steps": self.total_steps},
+            "inputs": self.inputs.model_dump(mode="json") if self.inputs is not None else None,
             "output_path": self.output_path,
             "result": self.result,
             "error": self.error,

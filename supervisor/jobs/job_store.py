@@ -1,8 +1,17 @@
-"""The durable job store: SQLite in WAL mode in the data directory.
+"""The durable job store: SQLite in WAL mode in the data directory, and its face for the loop.
 
 Invariants: a job is committed before `submit` returns (so before the API answers 202);
 the queue order is (priority desc, created asc, rowid asc); start-up turns every job left
 `running` or `retrying` by a dead server into `interrupted` and queues it again.
+
+Off the loop: `JobStore` is synchronous and thread-safe (one lock per store); the control
+process's event loop reaches it only through `AsyncJobStore`, which runs each call on a worker
+thread behind a `CapacityLimiter(1)` of its own: one thread at a time per database, so a slow
+disk or a long write blocks only the tasks that wait on the store, never heartbeats, the
+watchdog or `/healthz`. The limiter is FIFO and every caller awaits its call, so calls run in
+the order they are made (`test_job_store_order.py` checks both faces). A caller cancelled while
+its call runs waits for the call to finish (the thread is never abandoned): a write is done or
+not, never lost in between.
 
 Damage: the file is checked at open (`PRAGMA quick_check`); a damaged file is moved aside and
 every readable job carried into a fresh one (supervisor/core/sqlite_salvage.py), and
@@ -12,19 +21,26 @@ every readable job carried into a fresh one (supervisor/core/sqlite_salvage.py),
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
+
+from supervisor.core.params import JobInputs
 from supervisor.core.sqlite_salvage import SalvageSpec, corruption_guard, open_healed
 from supervisor.core.store_health import StoreCorrupted, StoreHealReport
 from supervisor.jobs.job import TERMINAL, Job, JobStatus
 
-__all__ = ["JobStore"]
+__all__ = ["AsyncJobStore", "JobStore"]
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,7 +63,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_path TEXT,
     requested TEXT,
     result TEXT,
-    error TEXT
+    error TEXT,
+    inputs TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, created_ts, rowid);
 """
@@ -55,7 +72,7 @@ CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, created_ts
 _COLUMNS = (
     "id model params options allow_output_changes priority status created_ts started_ts "
     "finished_ts attempts crash_retries rungs_tried changes decode_only_from output_path "
-    "requested result error"
+    "requested result error inputs"
 ).split()
 
 
@@ -88,6 +105,10 @@ class JobStore:
             # acceptance of a job (`submit`) is also made to survive a power cut (FULL, below).
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            # Files written before jobs could carry images (issue 15) lack the column.
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "inputs" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN inputs TEXT")
         except BaseException:
             db.close()  # closed before the file may be moved aside
             raise
@@ -142,7 +163,10 @@ class JobStore:
             )
 
     def save(self, job: Job) -> None:
-        row = job.to_row()
+        self.save_row(job.to_row())
+
+    def save_row(self, row: dict[str, Any]) -> None:
+        """`save` of a row taken earlier (`Job.to_row`), e.g. on the loop before a thread hop."""
         sets = ", ".join(f"{c} = :{c}" for c in _COLUMNS if c != "id")
         with self._tx() as db:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = :id", row)
@@ -171,6 +195,15 @@ class JobStore:
                 (*[s.value for s in TERMINAL], cutoff),
             )
         return cur.rowcount
+
+    def input_ids(self) -> set[str]:
+        """Every input id a job in the store names (inputs live as long as their jobs)."""
+        rows = self._query("SELECT inputs FROM jobs WHERE inputs IS NOT NULL")
+        ids: set[str] = set()
+        for (raw,) in rows:
+            inputs = JobInputs.model_validate_json(raw)
+            ids.update(i for i in (inputs.image, inputs.last_image) if i is not None)
+        return ids
 
     def finished_before(self, ts: float) -> list[Job]:
         marks = ",".join("?" * len(TERMINAL))
@@ -251,3 +284,96 @@ class JobStore:
             ),
         )
         return int(rows[0][0]) + 1
+
+
+class AsyncJobStore:
+    """The same operations as `JobStore`, awaited on the store's thread; `sync` is the store
+    itself, for synchronous callers that accept a blocking read (tests, the metrics collector)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.sync = store
+        # Created lazily by anyio on first use (bound to the loop that uses it).
+        self._limiter = anyio.CapacityLimiter(1)
+
+    @classmethod
+    def open(cls, path: Path | str) -> AsyncJobStore:
+        return cls(JobStore(path))
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    # -- what the runtime's health checks read (no SQLite: plain attributes) --------------------
+
+    @property
+    def path(self) -> Path:
+        return self.sync.path
+
+    @property
+    def damage(self) -> StoreCorrupted | None:
+        return self.sync.damage
+
+    @property
+    def heal_report(self) -> StoreHealReport | None:
+        return self.sync.heal_report
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def submit(self, job: Job) -> Job:
+        """Returns once the job is committed and synced (durable before anyone is told)."""
+        return await self._run(lambda: self.sync.submit(job))
+
+    async def submit_and_place(self, job: Job) -> int | None:
+        """`submit`, then the job's queue position, in one turn of the thread (one hop)."""
+
+        def call() -> int | None:
+            self.sync.submit(job)
+            return self.sync.queue_position(job.id)
+
+        return await self._run(call)
+
+    async def save(self, job: Job) -> None:
+        # Invariant: the row is taken on the loop, before the hop: the thread never reads a job
+        # the loop may be changing meanwhile (the running job's progress, say).
+        row_of = job.to_row()
+        await self._run(lambda: self.sync.save_row(row_of))
+
+    async def recover_interrupted(self) -> builtins.list[Job]:
+        return await self._run(self.sync.recover_interrupted)
+
+    async def purge_finished(self, older_than_s: float, now: float | None = None) -> int:
+        return await self._run(lambda: self.sync.purge_finished(older_than_s, now))
+
+    async def input_ids(self) -> set[str]:
+        return await self._run(self.sync.input_ids)
+
+    async def finished_before(self, ts: float) -> builtins.list[Job]:
+        return await self._run(lambda: self.sync.finished_before(ts))
+
+    async def close(self) -> None:
+        await self._run(self.sync.close)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._run(lambda: self.sync.get(job_id))
+
+    async def next_queued(self) -> Job | None:
+        return await self._run(self.sync.next_queued)
+
+    async def list(
+        self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> builtins.list[Job]:
+        return await self._run(lambda: self.sync.list(status=status, limit=limit, offset=offset))
+
+    async def counts(self) -> dict[str, int]:
+        return await self._run(self.sync.counts)
+
+    async def waiting(self) -> int:
+        return await self._run(self.sync.waiting)
+
+    async def queue_position(self, job_id: str) -> int | None:
+        return await self._run(lambda: self.sync.queue_position(job_id))
+
+    async def queue_positions(self, job_ids: builtins.list[str]) -> dict[str, int | None]:
+        """Several positions in one turn (a page of jobs costs one thread hop)."""
+        return await self._run(lambda: {i: self.sync.queue_position(i) for i in job_ids})

@@ -106,8 +106,9 @@ class CalibrationStore:
     def __init__(self, path: Path, *, window: int = 50) -> None:
         self.path = path
         self.window = window
-        # Invariant: a fit is recomputed only after a record for its (model, device); pre-flight
-        # asks for it once per rung it considers.
+        # Invariant: a fit is recomputed only by a record for its (model, device), right there
+        # (records run in a worker thread after a job): pre-flight, on the event loop, asks for
+        # it once per rung it considers and reads SQLite only for a pair never fitted.
         self._fits: dict[tuple[str, str], Calibration] = {}
         # The first corruption met while running; the file heals at the next start.
         self.damage: StoreCorrupted | None = None
@@ -137,6 +138,10 @@ class CalibrationStore:
 
     def record(self, model: str, device: str, sample: PeakSample) -> None:
         self._fits.pop((model, device), None)
+        self._insert(model, device, sample)
+        self._fits[(model, device)] = fit_scales(self.samples(model, device))
+
+    def _insert(self, model: str, device: str, sample: PeakSample) -> None:
         with self._session() as db:
             db.execute(
                 "INSERT INTO memory_peaks (model, device, stage, resident_bytes, "

@@ -21,12 +21,12 @@ from actors.vram.device import ResolvedDevice, resolve_device
 from actors.vram.memory_sources import MemorySource
 from actors.vram_monitor import WorkerChanged
 from actors.worker.memory_cap import parse_size
-from actors.worker.protocol import Failed, Ready
+from actors.worker.protocol import Ready
 from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import ActorNotRunning, HomeInUse, MailboxFull
 from supervisor.core.home_lock import HomeLock
-from supervisor.core.params import PipelineOptions
+from supervisor.core.params import Dtype, PipelineOptions
 from supervisor.core.settings import CONFIG_DIR, Settings
 from supervisor.errors import (
     Categorization,
@@ -34,16 +34,14 @@ from supervisor.errors import (
     ErrorReport,
     default_categorizer,
 )
-from supervisor.jobs import Job, JobStore
+from supervisor.jobs import AsyncJobStore, Job
+from supervisor.jobs.input_store import InputStore
 from supervisor.recovery.calibration import CalibrationStore
 from supervisor.recovery.diagnosis import Diagnosis, diagnose
 from supervisor.recovery.ladder import load_ladder
 from supervisor.recovery.learned_strategies import LearnedStrategies
 from supervisor.recovery.memory import MemoryRecovery
 from supervisor.recovery.memory_accounting import MemoryAccounting
-from supervisor.recovery.model_repair import plan_model_repair
-from supervisor.recovery.model_resolution import ModelResolver
-from supervisor.recovery.planner import RecoveryStep
 from supervisor.runtime.children import default_child_specs
 from supervisor.runtime.ownership import follow_owner, run_or_exit, terminate_process
 from supervisor.runtime.start_up import (
@@ -53,8 +51,10 @@ from supervisor.runtime.start_up import (
     resume_interrupted,
 )
 from supervisor.supervision.child_spec import ChildSpec
+from supervisor.supervision.job_decider import JobDecider
 from supervisor.supervision.job_flow import JobFlow
 from supervisor.supervision.messages import ClearDegraded, Degrade, JobSubmitted
+from supervisor.supervision.model_resolution import ModelResolver
 from supervisor.supervision.supervisor import Supervisor
 
 __all__ = ["Runtime"]
@@ -164,13 +164,23 @@ class Runtime:
         )
         self.output_dir = settings.home / "outputs"
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(settings.home / "jobs.sqlite3")
+        # The loop reaches SQLite only through the store's worker thread.
+        self.store = AsyncJobStore.open(settings.home / "jobs.sqlite3")
+        # Uploaded images, content-addressed (POST /v1/inputs); jobs name them by id.
+        self.inputs = InputStore(settings.home / "inputs")
+        # The one place that decides every retry, fail and cancel of a job.
+        self.decider = JobDecider(
+            output_dir=self.output_dir,
+            crash_retries=settings.job_crash_retries,
+            memory=self.memory.planner,
+            allow_fallback=settings.allow_fallback_models,
+            inputs=self.inputs,
+        )
         self.jobs = JobFlow(
             self.store,
             publish=self.bus.publish,
             generator=lambda: self.supervisor.child("generator"),
-            output_dir=self.output_dir,
-            crash_retries=settings.job_crash_retries,
+            decider=self.decider,
             diagnose=self._diagnose,
             memory=self.memory,
         )
@@ -181,16 +191,11 @@ class Runtime:
             error_code_of=_error_code_of,
             history_size=settings.transition_history,
             jobs=self.jobs,
-            plan_recovery=self._plan_recovery,
         )
         self.started_at = time.time()
         self.resolve_model = ModelResolver(
-            lambda: self.supervisor.child("model_loader"),
-            allow_fallback=settings.allow_fallback_models,
+            lambda: self.supervisor.child("model_loader"), self.decider
         )
-
-    def _plan_recovery(self, job: Job, diagnosis: Diagnosis, failed: Failed) -> RecoveryStep | None:
-        return self.memory.plan(job, diagnosis, failed) or plan_model_repair(job, diagnosis, failed)
 
     def worker_changed(self, ready: Ready) -> None:
         self.accounting.worker_changed(ready)
@@ -221,7 +226,7 @@ class Runtime:
 
     def base_options(self) -> PipelineOptions:
         """The options a job starts with before pre-flight or recovery change anything."""
-        return PipelineOptions(device=self.device)
+        return PipelineOptions(device=self.device, dtype=self.dtype)
 
     def publish(self, data: ev.EventData) -> object:
         # Invariant: the running job's live progress follows its events (one loop, no lock).
@@ -234,6 +239,13 @@ class Runtime:
     @property
     def device(self) -> str:
         return self.resolved.device
+
+    @property
+    def dtype(self) -> Dtype:
+        """The setting, with "auto" decided by the resolved device (bfloat16 on a GPU)."""
+        if self.settings.dtype != "auto":
+            return Dtype(self.settings.dtype)
+        return Dtype.BFLOAT16 if self.device.startswith("cuda") else Dtype.FLOAT32
 
     def telemetry_changed(self, reason: str | None) -> None:
         """The monitor's device stopped (reason) or went back to (None) answering in time."""
@@ -255,8 +267,8 @@ class Runtime:
         self._stopped = anyio.Event()
         if self._stop_requested:
             self._stopped.set()
-        purge_old_jobs(self)
-        resume_interrupted(self)
+        await purge_old_jobs(self)
+        await resume_interrupted(self)
         async with anyio.create_task_group() as tg:
             await tg.start(self.bus.run)
             await tg.start(self.supervisor.run)
@@ -277,7 +289,8 @@ class Runtime:
                 tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self.bus.aclose()
-        self.store.close()
+        with anyio.CancelScope(shield=True):
+            await self.store.close()
         self.strategies.close()
         self.home_lock.release()
 
@@ -292,12 +305,11 @@ class Runtime:
             ("calibration", self.accounting.calibration),
         ]
 
-    def submit(self, job: Job) -> Job:
-        """Commit the job, then wake the supervisor: durable before anyone is told it exists."""
-        self.store.submit(job)
-        self.bus.publish(
-            ev.JobQueued(job_id=job.id, position=self.store.queue_position(job.id) or 0)
-        )
+    async def submit(self, job: Job) -> Job:
+        """Commit the job, then wake the supervisor: durable before anyone is told it exists.
+        The commit runs on the store's thread; the loop goes on meanwhile."""
+        position = await self.store.submit_and_place(job)
+        self.bus.publish(ev.JobQueued(job_id=job.id, position=position or 0))
         self.supervisor.tell_nowait(JobSubmitted(job.id))
         return job
 

@@ -7,6 +7,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import anyio
+
 from supervisor.bus import events as ev
 from supervisor.core.store_health import StoreHealReport
 from supervisor.supervision.messages import Degrade
@@ -22,19 +24,23 @@ log = logging.getLogger("genvisor.runtime")
 TELEMETRY_KEY = "vram_telemetry"
 
 
-def purge_old_jobs(rt: Runtime) -> None:
+async def purge_old_jobs(rt: Runtime) -> None:
     """Finished jobs (and their files) older than the retention setting are removed."""
     cutoff_s = rt.settings.job_retention_days * 86400
-    for job in rt.store.finished_before(time.time() - cutoff_s):
+    for job in await rt.store.finished_before(time.time() - cutoff_s):
         for path in rt.output_dir.glob(f"{job.id}.*"):
             path.unlink(missing_ok=True)
-    removed = rt.store.purge_finished(cutoff_s)
+    removed = await rt.store.purge_finished(cutoff_s)
     if removed:
         log.info(
             "removed %d finished jobs older than %g days",
             removed,
             rt.settings.job_retention_days,
         )
+    keep = await rt.store.input_ids()
+    gone = await anyio.to_thread.run_sync(rt.inputs.remove_unused, keep, time.time() - cutoff_s)
+    if gone:
+        log.info("removed %d uploaded inputs no kept job uses", len(gone))
 
 
 async def degrade_for_start_findings(rt: Runtime) -> None:
@@ -56,8 +62,9 @@ async def degrade_for_start_findings(rt: Runtime) -> None:
             rt.supervisor.tell_nowait(Degrade(f"store:{name}", report.reason()))
 
 
-def resume_interrupted(rt: Runtime) -> None:
+async def resume_interrupted(rt: Runtime) -> None:
     """Jobs a killed server left running go back to the queue, in their order."""
-    for job in rt.store.recover_interrupted():
+    for job in await rt.store.recover_interrupted():
         log.warning("job %s was interrupted by a server stop: queued again", job.id)
-        rt.bus.publish(ev.JobQueued(job_id=job.id, position=rt.store.queue_position(job.id) or 0))
+        position = await rt.store.queue_position(job.id)
+        rt.bus.publish(ev.JobQueued(job_id=job.id, position=position or 0))

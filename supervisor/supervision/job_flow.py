@@ -1,36 +1,32 @@
-"""Jobs as the supervisor runs them: dispatch, outcomes, retries after a worker died.
+"""Jobs as the supervisor runs them: dispatch, and the job side of every decision.
 
 `JobFlow` is owned by the supervisor and called only from its loop, so job state and the state
-machine change together, one message at a time. It decides *what* happens to a job; the
-supervisor fires the transitions.
+machine change together, one message at a time. It decides nothing: `JobDecider` says what
+happens to a job (supervisor/supervision/job_decider.py); this starts attempts, writes the store
+(through its worker thread: the loop never waits on SQLite) and publishes, in the decision's
+order.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Protocol
 
+import anyio
+
 from actors.actor import Actor
-from actors.generator import CancelJob, JobOutcome, ModelChoice, RunJob
+from actors.generator import CancelJob
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.errors import Categorization, ErrorCode, Stage
 from supervisor.errors.report import ErrorReport
-from supervisor.jobs import (
-    FALLBACK_MODEL,
-    REPAIR_MODEL,
-    Change,
-    ChangeOrigin,
-    Job,
-    JobStatus,
-    JobStore,
-)
+from supervisor.jobs import AsyncJobStore, Job, JobStatus
 from supervisor.recovery.diagnosis import Diagnosis
 from supervisor.recovery.memory import MemoryRecovery
-from supervisor.recovery.model_repair import fresh_worker_pending, repair_pending
+from supervisor.supervision.decisions import Facts, Fire, JobDecision
+from supervisor.supervision.job_decider import JobDecider
 from supervisor.supervision.state_machine import State
 
 __all__ = ["CancelRefused", "Diagnose", "JobFlow"]
@@ -63,12 +59,11 @@ _WAITING = frozenset({JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.INTERRUPTE
 class JobFlow:
     def __init__(
         self,
-        store: JobStore,
+        store: AsyncJobStore,
         *,
         publish: Callable[[ev.EventData], object],
         generator: Callable[[], Actor | None],
-        output_dir: Path,
-        crash_retries: int,
+        decider: JobDecider,
         diagnose: Diagnose,
         memory: MemoryRecovery | None = None,
         clock: Callable[[], float] = time.time,
@@ -76,18 +71,17 @@ class JobFlow:
         self.store = store
         self._publish = publish
         self._generator = generator
-        self.output_dir = output_dir
-        self._crash_retries = crash_retries
+        self.decider = decider
         self.diagnose = diagnose
         self.memory = memory
-        self._clock = clock
+        self.clock = clock
         self.running: Job | None = None
         # The job whose re-run decides whether a recovery worked (None: not recovering a job).
         self.recovering_job_id: str | None = None
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def dispatch(self, state: State) -> None:
+    async def dispatch(self, state: State) -> None:
         """Start the next job when the supervisor serves and the generator is free."""
         if self.running is not None:
             return
@@ -98,57 +92,38 @@ class JobFlow:
         # supervisor message; pre-flight (learned strategies, estimates, store writes) runs only
         # when a job may start now, never again and again while recovering or halted.
         if state is State.RECOVERING:
-            job = self._recovering_job()
+            job = await self._recovering_job()
         elif state in (State.READY, State.DEGRADED):
-            job = self._next_preflighted()
+            job = await self._next_preflighted(state)
         else:
             return
         if job is None:
             return
-        repair, fresh = repair_pending(job), fresh_worker_pending(job)
-        job.status = JobStatus.RUNNING
-        job.attempts += 1
-        job.started_ts = job.started_ts or self._clock()
-        job.stage, job.step, job.total_steps = Stage.LOAD, None, job.params.steps
-        message = RunJob(
-            job_id=job.id,
-            model=job.model,
-            params=job.params,
-            options=job.options,
-            output_dir=self.output_dir,
-            attempt=job.attempts,
-            decode_only_from=job.decode_only_from,
-            applied_changes=tuple(c.text for c in job.changes),
-            repair_model=repair,
-            fresh_worker=fresh,
-        )
+        attempt = self.decider.start_attempt(job, self.clock())
+        # Invariant: the running row is written before the generator hears of the job, and the
+        # generator is told, `running` set and job.started published with no await between, so
+        # job.started comes before anything the attempt itself publishes.
+        await self.store.save(attempt.job)
         try:
-            generator.tell_nowait(message)
+            generator.tell_nowait(attempt.run)
         except (ActorNotRunning, MailboxFull):
+            await self.store.save(job)  # not started after all: waiting, as it was
             return
-        self.store.save(job)
-        self.running = job
-        self._publish(
-            ev.JobStarted(
-                job_id=job.id,
-                attempt=job.attempts,
-                model=job.model,
-                options=job.options.model_dump(mode="json"),
-            )
-        )
+        self.running = attempt.job
+        self._publish(attempt.started)
 
-    def _recovering_job(self) -> Job | None:
+    async def _recovering_job(self) -> Job | None:
         """While recovering only the job whose re-run decides the recovery may start (it ran
         before: no pre-flight), wherever it stands in the queue."""
         if self.recovering_job_id is None:
             return None
-        job = self.store.get(self.recovering_job_id)
+        job = await self.store.get(self.recovering_job_id)
         return job if job is not None and job.status in _WAITING else None
 
-    def _next_preflighted(self) -> Job | None:
+    async def _next_preflighted(self, state: State) -> Job | None:
         """The next waiting job; a first attempt goes through learned rungs and pre-flight,
         and one that can not fit anywhere fails here, before it runs."""
-        while (job := self.store.next_queued()) is not None:
+        while (job := await self.store.next_queued()) is not None:
             if job.attempts > 0 or self.memory is None or job.requested is not None:
                 return job
             job.requested = job.params
@@ -163,21 +138,27 @@ class JobFlow:
                 job_id=job.id,
             )
             verdict = Categorization.of(ErrorCode.VRAM_EXHAUSTED, rule="preflight")
-            self.fail(
-                job,
-                self.diagnose(
-                    report,
-                    verdict=verdict,
-                    facts={"width": job.params.width, "height": job.params.height},
-                ),
+            diagnosis = self.diagnose(
+                report,
+                verdict=verdict,
+                facts={"width": job.params.width, "height": job.params.height},
             )
+            await self.carry_out(self.decider.preflight_refused(job, diagnosis, self.facts(state)))
         return None
 
     def progress(self, job_id: str, stage: Stage, step: int | None) -> None:
         if self.running is not None and self.running.id == job_id:
             self.running.stage, self.running.step = stage, step
 
-    # -- outcomes -----------------------------------------------------------------------------
+    # -- decisions ----------------------------------------------------------------------------
+
+    def facts(self, state: State, degraded: MutableMapping[str, str] | None = None) -> Facts:
+        return Facts(
+            state=state,
+            now=self.clock(),
+            degraded=dict(degraded or {}),
+            recovering_job_id=self.recovering_job_id,
+        )
 
     def take_running(self, job_id: str) -> Job | None:
         job = self.running
@@ -186,126 +167,45 @@ class JobFlow:
         self.running = None
         return job
 
-    def succeed(self, job: Job, outcome: JobOutcome) -> None:
-        done = outcome.done
-        assert done is not None
-        choice = outcome.model
-        model_used = choice.name if choice is not None else job.model
-        if choice is not None:
-            self._record_model_choice(job, choice)
-        job.status = JobStatus.SUCCEEDED
-        job.finished_ts = self._clock()
-        job.output_path = done.output_path
-        job.decode_only_from = None
-        job.stage = None  # finished: no stage; its status says how it ended
-        job.result = {
-            "output": Path(done.output_path).name,
-            "sidecar": Path(done.sidecar_path).name,
-            "model": model_used,
-            "model_requested": job.model,
-            "params_used": done.params_used.model_dump(mode="json"),
-            "options_used": done.options_used.model_dump(mode="json"),
-            "timings": {k.value: v for k, v in done.timings.items()},
-            "peak_memory_bytes": done.peak_memory_bytes,
-            "peak_growth_bytes": done.peak_growth_bytes,
-            "changes": [c.as_dict() for c in job.changes],
-        }
-        self.store.save(job)
-        self._publish(
-            ev.JobSucceeded(
-                job_id=job.id,
-                output=Path(done.output_path).name,
-                changes=[c.as_dict() for c in job.changes],
-                duration_s=round(job.finished_ts - (job.started_ts or job.created_ts), 3),
-            )
-        )
-        # Bookkeeping for the next jobs (learned rung, calibration) after the person is told.
-        if self.memory is not None:
-            self.memory.succeeded(job)
-            self.memory.measured(job, done.options_used, done.params_used, done.peak_growth_bytes)
+    async def carry_out(
+        self,
+        decision: JobDecision,
+        *,
+        fire: Callable[[Fire], None] | None = None,
+        degraded: MutableMapping[str, str] | None = None,
+    ) -> None:
+        """The job is written first; then the degraded reasons change and the steps are fired
+        and published in order, with no await between them (one state change, seen whole)."""
+        await self.store.save(decision.job)
+        self.recovering_job_id = decision.recovering_job_id
+        if degraded is not None:
+            degraded.update(decision.degrade)
+            for key in decision.restore:
+                degraded.pop(key, None)
+        for step in decision.steps:
+            if isinstance(step, Fire):
+                if fire is None:
+                    raise RuntimeError(f"a transition ({step.trigger}) outside the supervisor")
+                fire(step)
+            else:
+                self._publish(step)
+        # Bookkeeping for the next jobs (learned rung, calibration) after the person is told,
+        # in a worker thread: a SQLite commit per job would otherwise hold the loop (and every
+        # subscriber waiting for the event just published) for milliseconds. Awaited, so the
+        # next job's pre-flight sees what this one taught.
+        learn, memory = decision.learn, self.memory
+        if learn is not None and memory is not None:
+            job = decision.job
 
-    def _record_model_choice(self, job: Job, choice: ModelChoice) -> None:
-        """Repairs and stand-ins become changes of the job (once each, for its report)."""
-        seen = {c.rung for c in job.changes}
-        if choice.repaired and REPAIR_MODEL not in seen:
-            job.changes.append(
-                Change(
-                    rung=REPAIR_MODEL,
-                    text=choice.repaired,
-                    origin=ChangeOrigin.RECOVERY,
-                    attempt=job.attempts,
-                    action="redownload_model",
-                )
-            )
-        if choice.substitution and FALLBACK_MODEL not in seen:
-            job.changes.append(
-                Change(
-                    rung=FALLBACK_MODEL,
-                    text=choice.substitution,
-                    origin=ChangeOrigin.RECOVERY,
-                    attempt=job.attempts,
-                    action="use_fallback_model",
-                    changes_output=True,
-                    before={"model": job.model},
-                    after={"model": choice.name},
-                )
-            )
+            def bookkeeping() -> None:
+                if learn.rung is not None:
+                    memory.remember(job, learn.rung)
+                memory.measured(job, learn.options, learn.params, learn.peak_growth_bytes)
 
-    def fail(self, job: Job, diagnosis: Diagnosis) -> None:
-        job.status = JobStatus.FAILED
-        job.finished_ts = self._clock()
-        job.error = diagnosis.user_error
-        self.store.save(job)
-        self._publish(ev.JobFailed(job_id=job.id, error=diagnosis.user_error))
+            await anyio.to_thread.run_sync(bookkeeping)
 
-    def retry(self, job: Job, *, reason: str, code: str, change: Change | None) -> None:
-        job.status = JobStatus.RETRYING
-        if change is not None:
-            job.changes.append(change)
-        self.store.save(job)
-        self._publish(
-            ev.JobRetrying(
-                job_id=job.id,
-                attempt=job.attempts + 1,
-                reason=reason,
-                error_code=code,
-                change=change.as_dict() if change is not None else None,
-            )
-        )
-
-    def cancelled(self, job: Job) -> None:
-        job.status = JobStatus.CANCELLED
-        job.finished_ts = self._clock()
-        self.store.save(job)
-        self._publish(ev.JobCancelled(job_id=job.id))
-
-    def cancel(self, job_id: str) -> Job | None:
-        """Cancel a waiting job at once, or ask the generator to stop the running one."""
-        job = self.store.get(job_id)
-        if job is None:
-            return None
-        if job.terminal:
-            raise CancelRefused(job_id=job_id, status=job.status.value)
-        if self.running is not None and self.running.id == job_id:
-            generator = self._generator()
-            if generator is not None:
-                generator.tell_nowait(CancelJob(job_id))
-            return self.running
-        self.cancelled(job)
-        return job
-
-    def worker_died(self, report: ErrorReport, diagnosis: Diagnosis) -> None:
-        """The generator crashed: the job it ran is retried (within bounds) or failed."""
-        job, self.running = self.running, None
-        if job is None:
-            return
-        if job.crash_retries < self._crash_retries:
-            job.crash_retries += 1
-            self.retry(
-                job,
-                reason=f"the worker process died ({report.message}); retrying on a new worker",
-                code=diagnosis.code,
-                change=None,
-            )
-        else:
-            self.fail(job, diagnosis)
+    def cancel_running(self, job_id: str) -> None:
+        """Ask the generator to cancel the running job; its outcome (cancelled) follows."""
+        generator = self._generator()
+        if generator is not None:
+            generator.tell_nowait(CancelJob(job_id))

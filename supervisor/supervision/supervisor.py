@@ -2,8 +2,10 @@
 
 It is itself an actor. Invariant: the state machine is fired only from this actor's loop
 (`handle`, `on_start`, `on_stop`), one trigger at a time; children and API handlers reach it
-by messages. `snapshot()` may be called from any task: it reads, never awaits, and returns
-copies, so it always sees a state between two messages.
+by messages. What happens to a job is the `JobDecider`'s decision; the supervisor carries it
+out: the job's row first (awaited on the store's thread, the loop runs on meanwhile), then the
+decision's transitions and events with no await between them. `snapshot()` may be called from
+any task: it reads, never awaits, and returns copies, so it never sees a decision half fired.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from supervisor import __version__
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import ActorNotRunning, InvalidTransition, first_leaf
 from supervisor.errors.report import ErrorReport, Stage
-from supervisor.recovery.planner import RecoveryPlanner, no_recovery
+from supervisor.jobs import Job
 from supervisor.supervision.child_spec import ChildSpec
 from supervisor.supervision.child_status import ChildRecord, ChildState
-from supervisor.supervision.job_failure_pipeline import JobFailurePipeline
+from supervisor.supervision.decisions import CancelKind, Fire, JobDecision
+from supervisor.supervision.job_decider import applied_actions
 from supervisor.supervision.job_flow import CancelRefused, JobFlow
 from supervisor.supervision.messages import (
     CancelRequest,
@@ -50,7 +53,7 @@ ErrorCodeOf = Callable[[ErrorReport], str | None]
 # -- the supervisor -----------------------------------------------------------------------------
 
 
-class Supervisor(JobFailurePipeline, Actor):
+class Supervisor(Actor):
     reply_errors = (InvalidTransition, CancelRefused)
 
     def __init__(
@@ -64,7 +67,6 @@ class Supervisor(JobFailurePipeline, Actor):
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         jobs: JobFlow | None = None,
-        plan_recovery: RecoveryPlanner = no_recovery,
     ) -> None:
         super().__init__("supervisor", mailbox_size=256)
         ids = [s.id for s in specs]
@@ -80,8 +82,8 @@ class Supervisor(JobFailurePipeline, Actor):
         )
         self.children: dict[str, ChildRecord] = {s.id: ChildRecord(spec=s) for s in specs}
         self.degraded_reasons: dict[str, str] = {}
+        # The jobs: dispatch and the job side of decisions; `jobs.decider` decides.
         self.jobs = jobs
-        self._plan_recovery = plan_recovery
         self.started_at = wall_clock()
         # Set once every child has started after a boot, a restart or a reset.
         self._settled: anyio.Event | None = None
@@ -178,23 +180,23 @@ class Supervisor(JobFailurePipeline, Actor):
 
     async def handle(self, message: object) -> object:
         try:
-            return self._handle(message)
+            return await self._handle(message)
         finally:
             if self.jobs is not None:
-                self.jobs.dispatch(self.state)
+                await self.jobs.dispatch(self.state)
 
-    def _handle(self, message: object) -> object:
+    async def _handle(self, message: object) -> object:
         match message:
             case JobSubmitted():
                 pass  # dispatch runs after every message
             case JobOutcome():
-                self._on_job_outcome(message)
+                await self._on_job_outcome(message)
             case CancelRequest():
-                return self.jobs.cancel(message.job_id) if self.jobs is not None else None
+                return await self._cancel(message.job_id) if self.jobs is not None else None
             case ChildStarted():
                 self._on_child_started(message)
             case ChildExited():
-                self._on_child_exited(message)
+                await self._on_child_exited(message)
             case RestartDue():
                 record = self.children[message.child_id]
                 if record.generation == message.generation and self.state is State.RECOVERING:
@@ -239,7 +241,7 @@ class Supervisor(JobFailurePipeline, Actor):
             )
             self._settle()
 
-    def _on_child_exited(self, message: ChildExited) -> None:
+    async def _on_child_exited(self, message: ChildExited) -> None:
         record = self.children[message.child_id]
         if record.generation != message.generation or record.state is ChildState.STOPPING:
             return
@@ -247,9 +249,12 @@ class Supervisor(JobFailurePipeline, Actor):
         record.state = ChildState.EXITED
         code = self._error_code_of(message.report) if message.report is not None else None
         if self.jobs is not None and self.jobs.running is not None and message.report is not None:
-            if self.jobs.running.id == self.jobs.recovering_job_id:
-                self.jobs.recovering_job_id = None
-            self.jobs.worker_died(message.report, self.jobs.diagnose(message.report))
+            job, self.jobs.running = self.jobs.running, None
+            diagnosis = self.jobs.diagnose(message.report)
+            facts = self.jobs.facts(self.state, self.degraded_reasons)
+            await self._carry_out(
+                self.jobs.decider.worker_crashed(job, message.report, diagnosis, facts)
+            )
         what = message.report.message if message.report is not None else "exited normally"
         self._publish(ev.ActorCrashed(actor=record.spec.id, error_code=code, message=what))
         if self.state in (State.HALTED, State.STOPPING, State.STOPPED):
@@ -304,7 +309,58 @@ class Supervisor(JobFailurePipeline, Actor):
             self._settle()
         return self.state
 
+    # -- jobs: the decider decides, the supervisor carries out ----------------------------------
+
+    async def _on_job_outcome(self, outcome: JobOutcome) -> None:
+        assert self.jobs is not None
+        jobs = self.jobs
+        job = jobs.take_running(outcome.job_id)
+        if job is None:
+            return  # a late outcome of a job already decided (e.g. its worker died)
+        facts = jobs.facts(self.state, self.degraded_reasons)
+        if outcome.cancelled is not None:
+            decision = jobs.decider.cancelled(job, facts)
+        elif outcome.done is not None:
+            decision = jobs.decider.succeeded(job, outcome.done, outcome.model, facts)
+        elif outcome.failed is not None:
+            report = outcome.failed.report
+            diagnosis = jobs.diagnose(report, applied=applied_actions(job))
+            decision = jobs.decider.failed(job, outcome.failed, diagnosis, facts)
+        else:
+            return
+        await self._carry_out(decision)
+
+    async def _cancel(self, job_id: str) -> Job | None:
+        """Cancel a waiting job at once, or ask the generator to cancel the running one."""
+        assert self.jobs is not None
+        jobs = self.jobs
+        job = await jobs.store.get(job_id)
+        facts = jobs.facts(self.state, self.degraded_reasons)
+        cancel = jobs.decider.cancel_requested(job, jobs.running, facts)
+        if cancel.kind is CancelKind.REFUSED and cancel.job is not None:
+            raise CancelRefused(job_id=job_id, status=cancel.job.status.value)
+        if cancel.kind is CancelKind.RUNNING:
+            jobs.cancel_running(job_id)
+        if cancel.decision is not None:
+            await self._carry_out(cancel.decision)
+            return cancel.decision.job
+        return cancel.job
+
+    async def _carry_out(self, decision: JobDecision) -> None:
+        assert self.jobs is not None
+        await self.jobs.carry_out(decision, fire=self._fire_step, degraded=self.degraded_reasons)
+
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.machine.state
+
+    def _fire(self, trigger: Trigger, *, reason: str, error_code: str | None = None) -> None:
+        self.machine.fire(trigger, reason=reason, error_code=error_code)
+
+    def _fire_step(self, step: Fire) -> None:
+        self._fire(step.trigger, reason=step.reason, error_code=step.error_code)
 
     def _announce(self, record: TransitionRecord) -> None:
         log.info(

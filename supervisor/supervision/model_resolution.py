@@ -1,5 +1,6 @@
-"""A job's model made available before it loads: verified by the model loader, repaired when its
-files are damaged (or when a load said so), else the registry's fallback when allowed.
+"""A job's model made available before it loads, as the decider says: verified by the model
+loader; when it cannot be used, repaired (damaged files), else the registry's fallback when
+allowed, else the job fails at load (`JobDecider.model_unavailable` decides; this carries out).
 
 Invariant: nothing here outlives the job that asked. The generator runs it in a cancel scope, so
 a cancel of a job waiting on a repair or a re-download answers at once (the loader's operation
@@ -16,18 +17,23 @@ from actors.model_loader import LoadFailed, Operation, ResolvedModel, ResolveMod
 from actors.models.model_errors import ModelUnavailable
 from supervisor.core.exceptions import ActorNotRunning
 from supervisor.errors import ErrorCode
+from supervisor.supervision.decisions import ModelStep
+from supervisor.supervision.job_decider import JobDecider
 
 __all__ = ["ModelResolver"]
 
 
 class ModelResolver:
-    """`await resolver(model, repair)` → `ModelChoice`; the generator's `resolve_model`."""
+    """`await resolver(model, repair)` → `ModelChoice`; the generator's `resolve_model`.
+
+    `repair`: the attempt's plan asks for a repair first (a load of this model failed as
+    damaged on the worker)."""
 
     def __init__(
-        self, loader: Callable[[], Actor | None], *, allow_fallback: bool, timeout: float = 120.0
+        self, loader: Callable[[], Actor | None], decider: JobDecider, *, timeout: float = 120.0
     ) -> None:
         self._loader = loader
-        self._allow_fallback = allow_fallback
+        self._decider = decider
         self._timeout = timeout
 
     async def __call__(self, model: str, repair: bool) -> ModelChoice:
@@ -41,15 +47,19 @@ class ModelResolver:
         try:
             found = await self._ask(loader, ResolveModel(model))
         except ModelUnavailable as exc:
-            if exc.code in (ErrorCode.MODEL_CORRUPTED, ErrorCode.MODEL_INCOMPLETE) and not repair:
-                await self._repair(loader, model, exc.code)
-                repaired = f"repaired the files of {model} ({exc.reason}) before loading it"
-                found = await self._ask(loader, ResolveModel(model))
-            elif self._allow_fallback:
-                found = await self._ask(loader, ResolveModel(model, allow_fallback=True))
-            else:
-                raise
-        return ModelChoice(found.name, found.path, found.fallback_reason, repaired)
+            # One decision per attempt: a model still unusable after its repair fails the job.
+            match self._decider.model_unavailable(exc.code, repaired=repair):
+                case ModelStep.REPAIR:
+                    await self._repair(loader, model, exc.code)
+                    repaired = f"repaired the files of {model} ({exc.reason}) before loading it"
+                    found = await self._ask(loader, ResolveModel(model))
+                case ModelStep.FALLBACK:
+                    found = await self._ask(loader, ResolveModel(model, allow_fallback=True))
+                case ModelStep.FAIL:
+                    raise
+        return ModelChoice(
+            found.name, found.path, found.fallback_reason, repaired, found.entry.pipeline_class
+        )
 
     async def _ask(self, loader: Actor, message: ResolveModel) -> ResolvedModel:
         return await loader.ask(message, ResolvedModel, timeout=self._timeout)

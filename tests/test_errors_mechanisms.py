@@ -1,0 +1,87 @@
+"""Rules written by error mechanism, checked on real exceptions raised here and on the public
+texts (tests/data/error_realworld.toml) each mechanism was written from."""
+
+from __future__ import annotations
+
+import pickle
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from supervisor.errors import ErrorCode, ErrorReport, default_categorizer, report_from_text
+
+torch = pytest.importorskip("torch")
+
+CORPUS = Path(__file__).parent / "data" / "error_realworld.toml"
+
+
+def _code_of(exc: BaseException) -> ErrorCode:
+    return default_categorizer().categorize(ErrorReport.from_exception(exc)).code
+
+
+def _load_error(path: Path) -> BaseException:
+    try:
+        torch.load(path)
+    except Exception as exc:  # noqa: BLE001 - the point is which exception torch raises
+        return exc
+    raise AssertionError(f"torch.load({path}) did not fail")
+
+
+class _Custom:
+    pass
+
+
+def test_checkpoints_empty_not_a_pickle_or_with_foreign_objects(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    # An empty (never finished) download: pickle's EOFError inside torch.load's frames.
+    assert _code_of(_load_error(empty)) is ErrorCode.MODEL_INCOMPLETE
+    page = tmp_path / "page.pt"
+    page.write_bytes(b"<html>Bad gateway</html>")
+    # Bytes that are no pickle at all: damaged, not refused as unsafe.
+    assert _code_of(_load_error(page)) is ErrorCode.MODEL_CORRUPTED
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"obj": _Custom()}, foreign)
+    assert _code_of(_load_error(foreign)) is ErrorCode.MODEL_UNSAFE_FORMAT
+    cut = tmp_path / "cut.pt"
+    torch.save({"w": torch.zeros(1000)}, cut)
+    cut.write_bytes(cut.read_bytes()[:2000])
+    assert _code_of(_load_error(cut)) in {ErrorCode.MODEL_CORRUPTED, ErrorCode.MODEL_INCOMPLETE}
+
+
+def test_an_eof_outside_a_checkpoint_load_is_not_a_model_file() -> None:
+    # The same words from a pipe between processes, or any other pickle: the frames decide.
+    with pytest.raises(EOFError) as caught:
+        pickle.loads(b"")
+    assert _code_of(caught.value) is not ErrorCode.MODEL_INCOMPLETE
+
+
+def _case(source: str) -> dict[str, str]:
+    with CORPUS.open("rb") as fh:
+        cases: list[dict[str, str]] = tomllib.load(fh)["case"]
+    return next(c for c in cases if c["source"] == source)
+
+
+@pytest.mark.parametrize(
+    ("source", "code"),
+    [
+        # The last line is a consequence ("Broken pipe"); the line before it names the cause.
+        ("https://github.com/tnwei/vqgan-clip-app/pull/2", ErrorCode.CONFIG_MISSING_DEPENDENCY),
+        # An OSError without a number, raised in an SSL handshake: a connection not made.
+        ("https://github.com/taishan1994/W2NER_predict/issues/15", ErrorCode.NET_OFFLINE),
+        # A loader's "Failed to load model" around a timeout: the timeout decides.
+        ("https://github.com/Bing-su/adetailer/issues/321", ErrorCode.NET_TIMEOUT),
+        # torch.load of an empty checkpoint, pasted with its frames.
+        ("https://github.com/genforce/genforce/issues/10", ErrorCode.MODEL_INCOMPLETE),
+        # A repo id that is a Windows path: not a model the Hub can have.
+        ("https://github.com/huggingface/trl/issues/4323", ErrorCode.MODEL_NOT_FOUND),
+        # diffusers: a checkpoint tensor whose shape is not the model's.
+        ("https://github.com/levihsu/OOTDiffusion/issues/34", ErrorCode.MODEL_WEIGHTS_MISMATCH),
+    ],
+)
+def test_mechanisms_on_the_texts_they_were_written_from(source: str, code: ErrorCode) -> None:
+    case = _case(source)
+    assert case["split"] == "dev"
+    verdict = default_categorizer().categorize(report_from_text(case["text"]))
+    assert verdict.code is code, (verdict.code, verdict.rule)
