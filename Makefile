@@ -44,7 +44,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
-	@for b in bench/bus.py bench/categorize.py bench/overhead.py bench/recovery.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/bus.py bench/categorize.py bench/overhead.py bench/recovery.py bench/scale.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 drill: install
 	$(BIN)/python bench/drill.py

@@ -34,6 +34,7 @@ from actors.worker.protocol import (
     Heartbeat,
     Load,
     Loaded,
+    Mode,
     PipelineClass,
     PipelineOptions,
     Progress,
@@ -71,6 +72,12 @@ class RunJob:
     image_path: str | None = None
     last_image_path: str | None = None
     fit: Fit = Fit.CROP
+
+    @property
+    def mode(self) -> Mode:
+        if self.last_image_path is not None:
+            return Mode.FLF2V
+        return Mode.I2V if self.image_path is not None else Mode.T2V
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +118,7 @@ class Generator(Actor):
         launch: WorkerLaunch,
         publish: Callable[[ev.EventData], object],
         report: Callable[[JobOutcome], None],
-        resolve_model: Callable[[str, bool], Awaitable[ModelChoice]] | None = None,
+        resolve_model: Callable[[str, bool, Mode], Awaitable[ModelChoice]] | None = None,
         stall_timeout: float = 30.0,
         cancel_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -233,7 +240,7 @@ class Generator(Actor):
                     choice = (
                         ModelChoice(job.model, job.model_path)
                         if job.model_path is not None
-                        else await self._resolve(job.model, job.repair_model)
+                        else await self._resolve(job.model, job.repair_model, job.mode)
                     )
                 self._resolving = None
                 if waiting.cancelled_caught:
@@ -288,10 +295,10 @@ class Generator(Actor):
         self._loaded = None
         await self._start_worker()
 
-    async def _resolve(self, model: str, repair: bool) -> ModelChoice:
+    async def _resolve(self, model: str, repair: bool, mode: Mode) -> ModelChoice:
         if self._resolve_model is None:
             raise RuntimeError(f"no model path for {model!r} and no model loader to ask")
-        return await self._resolve_model(model, repair)
+        return await self._resolve_model(model, repair, mode)
 
     async def _cancel(self, job_id: str) -> None:
         self._cancels.discard(job_id)

@@ -35,14 +35,14 @@ ROUNDS = 60
 # issue 14 (commit 5dd59c1, 41 text rules), run from a `git archive` of that commit on this
 # machine: own corpus 1.0, own median 7.8 us.
 # Recorded: the blind texts scored at their first runs, before any rule was written from a
-# text of their mechanisms (46 of 55). The measured blind_accuracy is higher since the dev texts
+# text of their mechanisms (49 of 59). The measured blind_accuracy is higher since the dev texts
 # of the fifth batch were collected for mechanisms these runs showed missing.
-BLIND_FIRST_RUN = 0.8364
+BLIND_FIRST_RUN = 0.8305
 BEFORE_ISSUE_14 = {
     "accuracy": 1.0,
-    "dev": 0.4214,
+    "dev": 0.3924,
     "heldout": 0.4545,
-    "blind": 0.7636,
+    "blind": 0.7288,
     "median_us": 7.8,
 }
 

@@ -3,47 +3,18 @@ and hostile uploads that must leave nothing behind."""
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from drill_env import SMALL, Server
 from drill_report import FaultResult
-from PIL import Image
+
+from tests.image_files import bomb_png, noise_png
 
 __all__ = ["hostile_uploads", "image_job_oom"]
 
 # As drill_memory_faults.DECODE: 832x480x17 does not fit under a 2 GiB cap as asked.
 IMAGE_JOB = {**SMALL, "model": "tiny-wan-i2v", "width": 832, "height": 480, "frames": 17}
-
-
-def _png(width: int, height: int, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    body = kind + data
-    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-
-def _bomb(side: int = 30000) -> bytes:
-    """A real 1-bit PNG of side x side black pixels: ~110 KB, 900 megapixels decoded."""
-    row = b"\x00" * (1 + (side + 7) // 8)
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", data)
-        + _chunk(b"IEND", b"")
-    )
 
 
 def _upload(srv: Server, data: bytes, name: str = "frame.png") -> Any:
@@ -54,7 +25,7 @@ def image_job_oom(srv: Server, result: FaultResult) -> None:
     """Upload a first frame, run an image job that runs out of memory under the cap: it must
     recover (a ladder rung), produce its MP4, and keep naming the same input."""
     srv.wait_serving()
-    uploaded = _upload(srv, _png(416, 240))
+    uploaded = _upload(srv, noise_png(416, 240))
     if uploaded.status_code not in (200, 201):
         result.fail(f"upload answered {uploaded.status_code}: {uploaded.text[:200]}")
         return
@@ -91,10 +62,10 @@ def hostile_uploads(srv: Server, result: FaultResult, home: Path) -> None:
     inputs = home / "inputs"
     before = set(inputs.iterdir()) if inputs.exists() else set()
     answers = {
-        "bomb": _upload(srv, _bomb()).status_code,
+        "bomb": _upload(srv, bomb_png()).status_code,
         "pdf": _upload(srv, b"%PDF-1.7\n" + b"0" * 2000, name="cat.png").status_code,
         "huge": _upload(srv, b"\x89PNG\r\n\x1a\n" + b"\x00" * (21 * 1024 * 1024)).status_code,
-        "truncated": _upload(srv, _png(64, 64)[:300]).status_code,
+        "truncated": _upload(srv, noise_png(64, 64)[:300]).status_code,
         "no file": srv.http.post("/v1/inputs", files={"other": ("a", b"x")}).status_code,
         "not multipart": srv.http.post("/v1/inputs", content=b"raw").status_code,
         "image on text model": srv.http.post(

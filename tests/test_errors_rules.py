@@ -23,6 +23,7 @@ from supervisor.errors import (
     format_bytes,
 )
 from supervisor.errors.pattern_rules import load_pattern_rules
+from supervisor.errors.report import Stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,3 +155,40 @@ def test_importing_the_taxonomy_does_not_import_heavy_libraries() -> None:
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+# Seen on an NVIDIA H200 under device_memory_limit = "486MiB" (bench/device_check.py, first
+# run, 2026-11-30): torch names the per-process allowance; the device's own free memory
+# (138.63 GiB) is beside the point.
+_H200_CAPPED = (
+    "CUDA out of memory. Tried to allocate 126.00 MiB. GPU 0 has a total capacity of 139.80 GiB "
+    "of which 138.63 GiB is free. Including non-PyTorch memory, this process has 1.16 GiB memory "
+    "in use. 486.00 MiB allowed; Of the allocated memory {allocated} MiB is allocated by "
+    "PyTorch, and {reserved} MiB is reserved by PyTorch but unallocated. If reserved but "
+    "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+    "to avoid fragmentation."
+)
+
+
+def test_a_capped_cuda_oom_is_told_against_the_cap_not_the_device() -> None:
+    from supervisor.errors.user_error import explain
+
+    text = _H200_CAPPED.format(allocated="420.80", reserved="2.20")
+    report = ErrorReport(
+        exc_type="torch.OutOfMemoryError", message=text, stage=Stage.DENOISE, device="cuda:0"
+    )
+    error = explain(report)
+    assert error.code == ErrorCode.VRAM_EXHAUSTED
+    assert "memory limit (486.0 MiB" in error.message
+    assert "138" not in error.message  # not the device's free memory
+
+
+def test_a_capped_cuda_oom_with_its_reserve_in_pieces_is_fragmentation() -> None:
+    from supervisor.errors.user_error import explain
+
+    # The H200's own text: 127.2 MiB reserved but unallocated, 126 MiB asked, 486 MiB allowed.
+    text = _H200_CAPPED.format(allocated="304.80", reserved="127.20")
+    report = ErrorReport(
+        exc_type="torch.OutOfMemoryError", message=text, stage=Stage.DENOISE, device="cuda:0"
+    )
+    assert explain(report).code == ErrorCode.VRAM_FRAGMENTED

@@ -5,10 +5,8 @@ every refusal naming its field with nothing stored or queued."""
 from __future__ import annotations
 
 import io
-import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,51 +19,24 @@ from actors.worker.image_fit import fit_image, open_input
 from supervisor.core.params import Fit
 from supervisor.jobs.image_checks import ImageRejected, inspect_image
 from supervisor.jobs.input_store import InputStore
+from tests.image_files import bomb_png, plain_png, turned_jpeg
 from tests.runtime_harness import make_home
-from tests.server_process import ServerProcess, read_events_until, running_server
+from tests.server_process import (
+    GENVISOR,
+    ServerProcess,
+    read_events_until,
+    running_server,
+    server_env,
+)
 
 MAX_PIXELS = 40_000_000
-
-
-def _png(size: tuple[int, int] = (48, 32), colour: tuple[int, ...] = (200, 40, 40)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    body = kind + data
-    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-
-def _bomb(side: int = 30000) -> bytes:
-    """A real PNG of side x side 1-bit pixels, all black: ~110 KB on disk, 900 megapixels."""
-    row = b"\x00" * (1 + (side + 7) // 8)
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", data)
-        + _chunk(b"IEND", b"")
-    )
-
-
-def _jpeg_turned() -> bytes:
-    """A 40x20 JPEG whose EXIF says: rotate 90 degrees to view (orientation 6)."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    out = io.BytesIO()
-    Image.new("RGB", (40, 20), (10, 200, 10)).save(out, format="JPEG", exif=exif)
-    return out.getvalue()
 
 
 # -- the checks ----------------------------------------------------------------------------------
 
 
 def test_png_jpeg_webp_are_taken_by_content() -> None:
-    assert inspect_image(_png(), max_pixels=MAX_PIXELS).format == "png"
+    assert inspect_image(plain_png(), max_pixels=MAX_PIXELS).format == "png"
     webp = io.BytesIO()
     Image.new("RGBA", (16, 16), (0, 0, 255, 128)).save(webp, format="WEBP")
     facts = inspect_image(webp.getvalue(), max_pixels=MAX_PIXELS)
@@ -73,12 +44,12 @@ def test_png_jpeg_webp_are_taken_by_content() -> None:
 
 
 def test_exif_orientation_gives_the_upright_size() -> None:
-    facts = inspect_image(_jpeg_turned(), max_pixels=MAX_PIXELS)
+    facts = inspect_image(turned_jpeg(), max_pixels=MAX_PIXELS)
     assert (facts.format, facts.width, facts.height) == ("jpeg", 20, 40)
 
 
 def test_a_decompression_bomb_is_refused_on_its_header() -> None:
-    bomb = _bomb()
+    bomb = bomb_png()
     assert len(bomb) < 200_000
     with pytest.raises(ImageRejected) as caught:
         inspect_image(bomb, max_pixels=MAX_PIXELS)
@@ -112,7 +83,7 @@ def test_a_truncated_jpeg_is_refused_before_it_is_stored() -> None:
 
 def test_the_same_bytes_are_one_input(tmp_path: Path) -> None:
     store = InputStore(tmp_path / "inputs")
-    data = _png()
+    data = plain_png()
     first = store.put(data, inspect_image(data, max_pixels=MAX_PIXELS))
     again = store.put(data, inspect_image(data, max_pixels=MAX_PIXELS))
     assert first.id == again.id
@@ -144,7 +115,7 @@ def test_every_fit_gives_the_exact_size(fit: Fit) -> None:
 
 def test_a_stored_input_is_read_upright_and_as_rgb(tmp_path: Path) -> None:
     path = tmp_path / "turned"
-    path.write_bytes(_jpeg_turned())
+    path.write_bytes(turned_jpeg())
     assert open_input(path).size == (20, 40)
     rgba = tmp_path / "alpha"
     Image.new("RGBA", (8, 8), (0, 0, 255, 0)).save(rgba, format="PNG")
@@ -167,6 +138,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
         "i2v",
     ]
     subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+    cmd = [GENVISOR, "models", "make-tiny", "--variant", "a14b-i2v"]
+    subprocess.run(cmd, capture_output=True, timeout=120, check=True, env=server_env(home))
     with running_server(home, GENVISOR_MAX_INPUT_BYTES="200000") as srv:
         yield srv
 
@@ -187,9 +160,9 @@ def _fields(response: httpx.Response) -> list[str]:
 
 @pytest.mark.slow
 def test_an_image_job_runs_from_an_uploaded_first_frame(server: ServerProcess) -> None:
-    first = _upload(server, _png((64, 32)))
+    first = _upload(server, plain_png((64, 32)))
     assert first.status_code == 201, first.text
-    again = _upload(server, _png((64, 32)), name="another-name.png")
+    again = _upload(server, plain_png((64, 32)), name="another-name.png")
     assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     input_id = first.json()["id"]
@@ -205,6 +178,12 @@ def test_an_image_job_runs_from_an_uploaded_first_frame(server: ServerProcess) -
         limit=120,
     )
     assert done["type"] == "job.succeeded", done
+    started = read_events_until(
+        f"{server.ws_url}/v1/events?since=0",
+        lambda e: e["type"] == "job.started" and e["data"]["job_id"] == job_id,
+        limit=30,
+    )
+    assert started["data"]["inputs"] == {"image": input_id, "last_image": None, "fit": "crop"}
     job = httpx.get(f"{server.url}/v1/jobs/{job_id}").json()
     assert job["inputs"] == {"image": input_id, "last_image": None, "fit": "crop"}
     video = httpx.get(f"{server.url}/v1/jobs/{job_id}/output")
@@ -216,7 +195,7 @@ def test_an_image_job_runs_from_an_uploaded_first_frame(server: ServerProcess) -
 def test_refusals_name_the_field_and_nothing_is_stored_or_queued(server: ServerProcess) -> None:
     before_jobs = httpx.get(f"{server.url}/v1/jobs").json()["counts"]
     before_inputs = {p.name for p in (server.home / "inputs").iterdir()}
-    bomb = _upload(server, _bomb())
+    bomb = _upload(server, bomb_png())
     assert bomb.status_code == 413
     assert _fields(bomb) == ["file"]
     wrong = _upload(server, b"%PDF-1.7 not an image", name="cat.png")
@@ -224,10 +203,10 @@ def test_refusals_name_the_field_and_nothing_is_stored_or_queued(server: ServerP
     assert _fields(wrong) == ["file"]
     huge = _upload(server, b"\x89PNG" + b"\x00" * 250_000)
     assert huge.status_code == 413, huge.text
-    cut = _upload(server, _jpeg_turned()[:-200])
+    cut = _upload(server, turned_jpeg()[:-200])
     assert cut.status_code == 422
     assert "damaged" in cut.text
-    stored = _upload(server, _png()).json()["id"]
+    stored = _upload(server, plain_png()).json()["id"]
     image_on_text = _job(server, model="tiny-wan", image=stored)
     assert image_on_text.status_code == 422
     assert _fields(image_on_text) == ["image"]
@@ -250,3 +229,29 @@ def test_refusals_name_the_field_and_nothing_is_stored_or_queued(server: ServerP
         stored.removeprefix("sha256:"),
         f"{stored.removeprefix('sha256:')}.json",
     }
+
+
+@pytest.mark.slow
+def test_the_cli_uploads_first_and_last_frames_and_saves_the_video(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    first, last = tmp_path / "first.png", tmp_path / "last.jpg"
+    first.write_bytes(plain_png((32, 32), (250, 250, 0)))
+    Image.new("RGB", (40, 40), (0, 90, 250)).save(last, format="JPEG")
+    out = tmp_path / "clip.mp4"
+    cmd = [
+        GENVISOR, "generate", "a lighthouse", "--model", "tiny-wan-a14b-i2v", "--frames", "5",
+        "--steps", "2", "--image", str(first), "--last-image", str(last), "--fit", "pad",
+        "--url", server.url, "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[4:8] == b"ftyp"
+    missing = subprocess.run(
+        [GENVISOR, "generate", "x", "--model", "tiny-wan-i2v", "--image", str(tmp_path / "no.png"),
+         "--url", server.url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert "--image" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -93,7 +93,7 @@ def test_memory_recovery_shows_its_sentence_and_the_walk(
         row = page.locator(f'#jobs tr[data-job="{job_id}"]')
         # A real out-of-memory at VAE decode, then the re-run with tiling, said in words.
         expect(row.locator("td.changes")).to_contain_text(
-            "decoded the video in tiles", timeout=90_000
+            "ran the VAE in tiles", timeout=90_000
         )
         page.wait_for_function(
             "() => [...document.querySelectorAll('#walk li')].map(li => li.dataset.to)"

@@ -15,6 +15,7 @@ import gc
 import resource
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,17 @@ def _image_inputs(run: JobRun) -> dict[str, Any]:
             image = open_input(Path(stored))
             inputs[key] = fit_image(image, params.width, params.height, request.fit)
     return inputs
+
+
+def _failed_stage(stage: Stage, exc: BaseException) -> Stage:
+    """The stage to blame. The image pipeline VAE-encodes the first (and last) frame inside its
+    call, before the first denoising step (`prepare_latents`): a failure there is that encode's
+    (VAE tiling lowers it), not the denoiser's."""
+    if stage is Stage.DENOISE:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if any(f.name == "prepare_latents" and "pipeline_wan_i2v" in f.filename for f in frames):
+            return Stage.IMAGE_ENCODE
+    return stage
 
 
 def _expert_of(pipeline: Any, timestep: Any) -> int | None:
@@ -308,7 +320,7 @@ def run_generation(run: JobRun) -> Done | Failed | Cancelled:
         remove_partials(paths)
         failure = ErrorReport.from_exception(
             exc,
-            stage=stage,
+            stage=_failed_stage(stage, exc),
             device=device,
             job_id=run.job_id,
             context={"model": run.model_name},

@@ -6,8 +6,9 @@ builds the others from the same tiny parts, each shaped as its real model is
 
 - ``i2v``: Wan 2.1 image-to-video. `WanImageToVideoPipeline` with a CLIP vision encoder and its
   image processor; the transformer takes 36 input channels (16 noise + 16 image latents + 4
-  mask) and cross-attends to the image tokens (``image_dim``, ``added_kv_proj_dim``). It also
-  serves first-last-frame jobs (both frames are encoded).
+  mask) and cross-attends to the image tokens (``image_dim``, ``added_kv_proj_dim``). First
+  frame only, as Wan2.1-I2V: first-last-frame is a model of its own there (FLF2V, whose image
+  embedder expects both frames' tokens), and the two-expert ``a14b-i2v`` serves it here.
 - ``a14b``: Wan 2.2 A14B text-to-video: two experts, ``transformer`` (high noise) and
   ``transformer_2`` (low noise), switched at ``boundary_ratio`` of the schedule.
 - ``a14b-i2v``: Wan 2.2 A14B image-to-video: two 36-channel experts, no image encoder.
@@ -34,26 +35,25 @@ from diffusers import (
     UniPCMultistepScheduler,
     WanImageToVideoPipeline,
     WanPipeline,
-    WanTransformer3DModel,
 )
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers.utils import logging as hf_logging
 
 from actors.worker.tiny_wan import (
     DEFAULT_SEED,
-    TEXT_DIM,
     TinyWanBuild,
     _describe,
     _text_encoder,
     _tokenizer,
     _vae,
     build_tiny_wan,
+    tiny_transformer,
 )
 
 __all__ = ["TINY_VARIANT_NAMES", "TinyVariant", "build_tiny_variant", "make_variant_pipeline"]
 
 # The CLIP encoder's width: the transformer's image embedder takes tokens of this size.
 _IMAGE_DIM = 8
-_INNER_DIM = 2 * 12  # attention heads x head dim, as tiny-wan's
 
 
 class TinyVariant(StrEnum):
@@ -78,22 +78,9 @@ def _transformer(
     in_channels: int, out_channels: int, *, image: bool = False, seed: int = DEFAULT_SEED
 ) -> Any:
     torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        text_dim=TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        image_dim=_IMAGE_DIM if image else None,
-        added_kv_proj_dim=_INNER_DIM if image else None,
-        rope_max_seq_len=1024,
-    ).eval()
+    return tiny_transformer(
+        in_channels=in_channels, out_channels=out_channels, image_dim=_IMAGE_DIM if image else None
+    )
 
 
 def _wan22_vae(seed: int) -> Any:
@@ -197,6 +184,7 @@ def build_tiny_variant(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        hf_logging.disable_progress_bar()  # as build_tiny_wan: one line, no bar
         make_variant_pipeline(variant, seed).save_pretrained(staging, safe_serialization=True)
         staging.chmod(0o755)
         if out.exists():

@@ -27,6 +27,7 @@ from diffusers import (
 )
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from transformers.utils import logging as hf_logging
 
 __all__ = [
     "DEFAULT_FFN_DIM",
@@ -43,6 +44,7 @@ DEFAULT_SEED = 0
 TEXT_DIM = 32
 DEFAULT_FFN_DIM = 32
 DEFAULT_LAYERS = 2
+INNER_DIM = 2 * 12  # attention heads x head dim
 # Bytes of float32 weights per unit of the transformer's feed-forward width: two layers, each
 # with an in and an out projection of inner dim 24 (2 heads x 12), plus the in-projection bias.
 FFN_BYTES_PER_UNIT = 2 * (24 * 2 + 1) * 4
@@ -112,19 +114,30 @@ def _vae() -> Any:
     ).eval()
 
 
-def _transformer(ffn_dim: int, num_layers: int) -> Any:
+def tiny_transformer(
+    ffn_dim: int = DEFAULT_FFN_DIM,
+    num_layers: int = DEFAULT_LAYERS,
+    *,
+    in_channels: int = 16,
+    out_channels: int = 16,
+    image_dim: int | None = None,
+) -> Any:
+    """The tiny denoiser of every variant: 16 latent channels in (36 for image-to-video: noise,
+    image latents and mask), cross-attending to image tokens when `image_dim` is given."""
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
+        in_channels=in_channels,
+        out_channels=out_channels,
         text_dim=TEXT_DIM,
         freq_dim=256,
         ffn_dim=ffn_dim,
         num_layers=num_layers,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
+        image_dim=image_dim,
+        added_kv_proj_dim=INNER_DIM if image_dim is not None else None,
         rope_max_seq_len=1024,
     ).eval()
 
@@ -143,7 +156,7 @@ def make_pipeline(
     torch.manual_seed(seed)
     vae = _vae()
     torch.manual_seed(seed)
-    transformer = _transformer(ffn_dim, num_layers)
+    transformer = tiny_transformer(ffn_dim, num_layers)
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
@@ -186,6 +199,9 @@ def build_tiny_wan(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipe = make_pipeline(seed, ffn_dim, num_layers)
+        # A build says one line when it is done; transformers' "Writing model shards" bar
+        # would otherwise reach the person's terminal.
+        hf_logging.disable_progress_bar()
         pipe.save_pretrained(staging, safe_serialization=True)
         staging.chmod(0o755)  # mkdtemp creates 0700; the store is a normal directory
         if out.exists():

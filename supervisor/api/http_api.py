@@ -24,7 +24,7 @@ from supervisor.bus.websocket_stream import (
 from supervisor.core.exceptions import InvalidTransition
 from supervisor.errors import ErrorCode
 from supervisor.runtime import Runtime
-from supervisor.supervision.messages import Reset
+from supervisor.supervision.messages import Reset, ResetRefused
 from supervisor.supervision.state_machine import State
 
 __all__ = ["build_router"]
@@ -78,10 +78,18 @@ def build_router(runtime: Runtime) -> APIRouter:
         return await state_dump(runtime)
 
     @router.post("/v1/supervisor/reset", tags=["supervisor"], dependencies=guarded)
-    async def reset() -> dict[str, Any]:
-        """Bring a halted supervisor back: restart its failed children with fresh budgets."""
+    async def reset(device: str | None = None) -> dict[str, Any]:
+        """Bring a halted supervisor back: restart its failed children with fresh budgets.
+        With `device` (a `devices` list): bring that device's halted worker back."""
         try:
-            new_state = await runtime.supervisor.ask(Reset(), State, timeout=10.0)
+            new_state = await runtime.supervisor.ask(Reset(device=device), State, timeout=10.0)
+        except ResetRefused as exc:
+            raise ApiError(
+                status.HTTP_409_CONFLICT,
+                code=ErrorCode.INPUT_INVALID,
+                title="Nothing to reset",
+                message=str(exc),
+            ) from None
         except InvalidTransition as exc:
             raise ApiError(
                 status.HTTP_409_CONFLICT,

@@ -197,7 +197,7 @@ class EventCounters:
         elif isinstance(data, RecoveryAttempt):
             self._rung = data.step
         elif isinstance(data, ActorRestarted):
-            if data.actor in _WORKER_ACTORS:
+            if data.actor.split(":", 1)[0] in _WORKER_ACTORS:  # "generator:cpu:1" too
                 self.worker_restarts.inc()
             self._rung = self._rung or "restart"
         elif isinstance(data, JobStarted | JobProgress):

@@ -24,8 +24,8 @@ __all__ = ["job_view", "readiness", "state_dump"]
 async def job_view(runtime: Runtime, job: Job) -> dict[str, Any]:
     view = job.public()
     view["queue_position"] = await runtime.store.queue_position(job.id)
-    running = runtime.jobs.running
-    if running is not None and running.id == job.id:
+    running = runtime.jobs.running_job(job.id)
+    if running is not None:
         view["progress"] = {
             "stage": running.stage,
             "step": running.step,
@@ -45,6 +45,10 @@ def readiness(runtime: Runtime) -> dict[str, Any]:
     if snap.state not in SERVING_STATES:
         reasons.append(f"the supervisor is {snap.state.value}")
     for child in snap.children:
+        # A device out of service is a degraded reason; the other devices serve.
+        lane = runtime.jobs.lane_of_child(str(child["id"]))
+        if lane is not None and not lane.in_service and runtime.jobs.placing:
+            continue
         if child["state"] != "running":
             reasons.append(f"{child['id']} is {child['state']}")
     if runtime.bus.closed:
@@ -71,6 +75,21 @@ async def state_dump(runtime: Runtime) -> dict[str, Any]:
         "running": runtime.jobs.running.id if runtime.jobs.running else None,
         **{k: v for k, v in counts.items() if v},
     }
+    if runtime.jobs.placing:
+        dump["queue"]["running_on"] = {d: j.id for d, j in runtime.jobs.running_jobs().items()}
+    dump["devices"] = [
+        {
+            "device": parts.label,
+            "worker": parts.child_id,
+            "runs_on": parts.device,
+            "name": parts.resolved.name,
+            "memory_limit": parts.memory_limit or None,
+            "in_service": lane.in_service if lane is not None else True,
+            "running": lane.running.id if lane is not None and lane.running else None,
+        }
+        for parts in runtime.device_parts
+        for lane in [runtime.jobs.lane_of_child(parts.child_id)]
+    ]
     dump["version"] = __version__
     none: list[LearnedStrategy] = []
     learned = tolerate(runtime.strategies.all, none, what="learned strategies")

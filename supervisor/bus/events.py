@@ -206,6 +206,11 @@ class JobStarted(EventData):
     attempt: int = Field(ge=1)
     model: str
     options: dict[str, JsonValue] = Field(default_factory=dict)
+    # With a `devices` list: the device it runs on, and why it was placed there (None with one).
+    device: str | None = None
+    placement: str | None = None
+    # An image job's inputs: {"image": "sha256:…", "last_image": …, "fit": "crop"} (None: text).
+    inputs: dict[str, JsonValue] | None = None
 
 
 class JobProgress(EventData):

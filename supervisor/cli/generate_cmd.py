@@ -49,6 +49,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="fail rather than let recovery change the output (size, frames, steps)",
     )
+    p.add_argument(
+        "--image",
+        type=Path,
+        help="the first frame (PNG, JPEG or WebP): uploaded, then the job starts from it "
+        "(image-to-video models; `genvisor models list` shows each model's modes)",
+    )
+    p.add_argument(
+        "--last-image", type=Path, help="the last frame, with --image (first-last-frame models)"
+    )
+    p.add_argument(
+        "--fit",
+        choices=["crop", "pad", "stretch"],
+        help="how the images meet the size: crop (default), pad or stretch",
+    )
     p.add_argument("--out", help="where to save the MP4 (default: ./<job id>.mp4)")
     add_url_argument(p)
     p.set_defaults(func=run)
@@ -83,7 +97,16 @@ def run(args: argparse.Namespace) -> int:
         print_api_error(code, state)
         return 1
     since = int(state.get("bus", {}).get("last_seq", 0))
-    code, accepted = request_json(args, "POST", "/v1/jobs", json=request_body(args))
+    body = request_body(args)
+    for option, key in ((args.image, "image"), (args.last_image, "last_image")):
+        if option is not None:
+            uploaded = _upload(args, option, key)
+            if uploaded is None:
+                return 1
+            body[key] = uploaded
+    if args.fit is not None:
+        body["fit"] = args.fit
+    code, accepted = request_json(args, "POST", "/v1/jobs", json=body)
     if code != 202:
         print_api_error(code, accepted)
         return 1
@@ -110,6 +133,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"genvisor: job {job_id} was cancelled", file=sys.stderr)
         return 1
     return _download(args, job_id)
+
+
+def _upload(args: argparse.Namespace, path: Path, field: str) -> str | None:
+    """Upload one image (POST /v1/inputs); its id, or None once the refusal is printed."""
+    option = "--" + field.replace("_", "-")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"genvisor: {option} {path}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+    code, stored = request_json(
+        args, "POST", "/v1/inputs", files={"file": (path.name, data)}, timeout=60.0
+    )
+    if code not in (200, 201):
+        print_api_error(code, stored)
+        return None
+    return str(stored["id"])
 
 
 def _from_job_view(args: argparse.Namespace, job_id: str) -> int:

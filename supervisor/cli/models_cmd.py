@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +18,15 @@ from typing import TypeAlias
 
 from supervisor.cli.argument_types import whole_number
 from supervisor.cli.models_store_cmds import add_store_commands, holding_home
-from supervisor.core.settings import load_settings
+from supervisor.core.settings import CONFIG_DIR, load_settings
 
 __all__ = ["MODEL_ACTIONS", "register", "tiny_model_dir"]
 
 ActionParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 TINY_MODEL_NAME = "tiny-wan"
+# The shapes `make-tiny --variant` builds (actors/worker/tiny_variants.py, which needs torch).
+TINY_VARIANTS = ("t2v", "i2v", "a14b", "a14b-i2v", "ti2v")
 
 
 def tiny_model_dir(home: Path) -> Path:
@@ -36,7 +39,16 @@ def _register_make_tiny(actions: ActionParsers) -> None:
         "make-tiny",
         help="build the embedded tiny-wan model (real Wan pipeline, tiny random weights)",
     )
-    p.add_argument("--out", type=Path, help="target directory (default: <home>/models/tiny-wan)")
+    p.add_argument(
+        "--variant",
+        choices=list(TINY_VARIANTS),
+        default="t2v",
+        help="which Wan shape: t2v (tiny-wan, the default), i2v (Wan 2.1 image-to-video), "
+        "a14b / a14b-i2v (Wan 2.2's two experts), ti2v (Wan 2.2 TI2V-5B)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="target directory (default: <home>/models/<the variant's model>)"
+    )
     p.add_argument("--if-missing", action="store_true", help="do nothing when a build exists")
     p.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same files)")
     p.add_argument(
@@ -51,12 +63,26 @@ def _register_make_tiny(actions: ActionParsers) -> None:
 
 def _run_make_tiny(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else None
-    home = load_settings(config).home
-    out: Path = args.out or tiny_model_dir(home)
+    settings = load_settings(config)
+    home = settings.home
+    if args.weights_mb is not None and args.variant != "t2v":
+        print("genvisor: --weights-mb widens tiny-wan (--variant t2v) only", file=sys.stderr)
+        return 2
+    out: Path = args.out or home / "models" / _variant_model(args.variant, settings.models_file)
     if not out.resolve().is_relative_to(home.resolve()):
         return _make_tiny(args, out)
     with holding_home(home):
         return _make_tiny(args, out)
+
+
+def _variant_model(variant: str, models_file: Path | None) -> str:
+    """The registered model a tiny variant is built for (its `tiny_variant` entry)."""
+    from actors.models.registry import load_registry
+
+    for entry in load_registry(CONFIG_DIR, [models_file]).entries():
+        if entry.tiny_variant == variant and entry.local_path is not None:
+            return Path(entry.local_path).name
+    return TINY_MODEL_NAME if variant == "t2v" else f"tiny-wan-{variant}"
 
 
 def _make_tiny(args: argparse.Namespace, out: Path) -> int:
@@ -73,7 +99,14 @@ def _make_tiny(args: argparse.Namespace, out: Path) -> int:
         ffn_dim = max(DEFAULT_FFN_DIM, args.weights_mb * 1_000_000 // FFN_BYTES_PER_UNIT)
     existed = is_complete(out)
     started = time.perf_counter()
-    build = build_tiny_wan(out, seed=args.seed, overwrite=not args.if_missing, ffn_dim=ffn_dim)
+    if args.variant == "t2v":
+        build = build_tiny_wan(out, seed=args.seed, overwrite=not args.if_missing, ffn_dim=ffn_dim)
+    else:
+        # Only the image shapes need transformers' CLIP classes (and their import-time notes).
+        from actors.worker.tiny_variants import TinyVariant, build_tiny_variant
+
+        variant = TinyVariant(args.variant)
+        build = build_tiny_variant(out, variant, seed=args.seed, overwrite=not args.if_missing)
     result = {
         "path": str(build.path),
         "size_bytes": build.size_bytes,

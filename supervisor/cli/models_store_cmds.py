@@ -111,16 +111,17 @@ def _run_list(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     store = ModelStore(settings.home, settings.hf_cache_dir or default_cache_dir())
-    reports = [
-        check_availability(e, store)
-        for e in load_registry(CONFIG_DIR, [settings.models_file]).entries()
-    ]
+    entries = load_registry(CONFIG_DIR, [settings.models_file]).entries()
+    reports = [check_availability(e, store) for e in entries]
+    modes = {e.name: ",".join(m.value for m in e.modes) for e in entries}
     if args.json:
-        print(json.dumps([r.to_json() for r in reports], indent=1))
+        print(json.dumps([{**r.to_json(), "modes": modes[r.name].split(",")} for r in reports]))
         return 0
     for r in reports:
         size = f"{r.bytes_present}/{r.bytes_expected}" if r.bytes_expected else str(r.bytes_present)
-        print(f"{r.name:<20} {r.state.value:<10} {size:>24} bytes  {r.path or ''}")
+        print(
+            f"{r.name:<20} {modes[r.name]:<11} {r.state.value:<10} {size:>24} bytes  {r.path or ''}"
+        )
     return 0
 
 

@@ -98,6 +98,21 @@ def render_state(body: dict[str, Any]) -> None:
             escape(f"{last.get('type', '')}: {last.get('message', '')}"[:80]) if last else "",
         )
     console.print(children)
+    devices = body.get("devices", [])
+    if len(devices) > 1:  # one device says nothing the children table does not
+        table = Table(title="devices", title_justify="left")
+        for col in ("device", "worker", "name", "memory limit", "in service", "running"):
+            table.add_column(col)
+        for d in devices:
+            table.add_row(
+                d["device"],
+                d["worker"],
+                escape(str(d.get("name") or "")),
+                str(d.get("memory_limit") or "none"),
+                "yes" if d.get("in_service", True) else "[red]no[/]",
+                d.get("running") or "",
+            )
+        console.print(table)
 
     history = Table(title="recent transitions", title_justify="left")
     for col in ("when", "from", "to", "trigger", "code", "reason"):

@@ -15,7 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ByteSize, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -49,6 +56,14 @@ TOKEN_RULE = (
     f"api_token (GENVISOR_API_TOKEN) must be at least {MIN_TOKEN_CHARS} printable ASCII "
     "characters without spaces; make one with "
     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+)
+
+
+_DEVICE = re.compile(r"(cpu|cuda):\d+")
+_SIZE = re.compile(r"(|\s*\d+(\.\d+)?\s*[A-Za-z]*\s*)")
+_LIMIT_RULE = (
+    "device_memory_limit must be one size ('2GiB', '1536MiB'; empty for no cap) or one per "
+    "device ('cpu:0=1536MiB,cpu:1=3GiB')"
 )
 
 
@@ -132,8 +147,12 @@ class Settings(BaseSettings):
     pressure_critical: float = Field(default=0.95, gt=0, le=1)
     expect_gpu: bool = False
     clear_learned_strategies: bool = False
+    # "auto": one worker on the device `device` resolves to; or a list ("cuda:0,cuda:1",
+    # "cpu:0,cpu:1"): one supervised worker per device, each job placed where it fits best.
+    devices: str = "auto"
     # Worker memory cap ("2GiB"; empty = none): CUDA memory fraction, or RLIMIT_AS on the CPU.
-    device_memory_limit: str = Field(default="", pattern=r"^(|\s*\d+(\.\d+)?\s*[A-Za-z]*\s*)$")
+    # One value for every worker, or one per device ("cpu:0=1536MiB,cpu:1=3GiB").
+    device_memory_limit: str = ""
 
     @field_validator("api_token")
     @classmethod
@@ -144,6 +163,76 @@ class Settings(BaseSettings):
         if value is not None and not _TOKEN.fullmatch(value.get_secret_value()):
             raise PydanticCustomError("api_token_weak", TOKEN_RULE)
         return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_listed(cls, value: str) -> str:
+        if value.strip() == "auto":
+            return "auto"
+        listed = [d.strip() for d in value.split(",")]
+        for device in listed:
+            if not _DEVICE.fullmatch(device):
+                raise PydanticCustomError(
+                    "devices",
+                    "devices must be 'auto' or a comma-separated list of cpu:N / cuda:N "
+                    "(e.g. 'cuda:0,cuda:1' or 'cpu:0,cpu:1'); '{device}' is neither",
+                    {"device": device},
+                )
+        if len(set(listed)) != len(listed):
+            raise PydanticCustomError("devices", "devices names a device twice")
+        if len({d.split(":", 1)[0] for d in listed}) > 1:
+            raise PydanticCustomError(
+                "devices", "devices must all be of one kind (all cpu:N or all cuda:N)"
+            )
+        return ",".join(listed)
+
+    @field_validator("device_memory_limit")
+    @classmethod
+    def _limits_are_sizes(cls, value: str, info: ValidationInfo) -> str:
+        if "=" not in value:
+            if not _SIZE.fullmatch(value):
+                raise PydanticCustomError("device_memory_limit", _LIMIT_RULE)
+            return value
+        devices = info.data.get("devices", "auto")
+        if devices == "auto":
+            raise PydanticCustomError(
+                "device_memory_limit",
+                "a cap per device needs a devices list (devices = 'cpu:0,cpu:1'); with "
+                "devices = 'auto' give one size",
+            )
+        seen: set[str] = set()
+        for part in value.split(","):
+            device, _, size = (p.strip() for p in part.partition("="))
+            if not _DEVICE.fullmatch(device) or not size or not _SIZE.fullmatch(size):
+                raise PydanticCustomError("device_memory_limit", _LIMIT_RULE)
+            if device in seen or device not in devices.split(","):
+                raise PydanticCustomError(
+                    "device_memory_limit",
+                    "each device must be named once and be one of devices ({devices}); "
+                    "'{device}' is not",
+                    {"devices": devices, "device": device},
+                )
+            seen.add(device)
+        return value
+
+    def device_list(self) -> tuple[str, ...] | None:
+        """The devices of the `devices` list, in order; None for "auto" (one worker on the
+        device `device` resolves to)."""
+        return None if self.devices == "auto" else tuple(self.devices.split(","))
+
+    def memory_limits(self) -> dict[str, str] | None:
+        """The per-device caps ({"cpu:0": "1536MiB"}); None when one value is for all."""
+        if "=" not in self.device_memory_limit:
+            return None
+        pairs = (p.partition("=") for p in self.device_memory_limit.split(","))
+        return {d.strip(): size.strip() for d, _, size in pairs}
+
+    def memory_limit_for(self, device: str) -> str:
+        """The cap of the worker on `device` ("" for none)."""
+        per_device = self.memory_limits()
+        if per_device is None:
+            return self.device_memory_limit
+        return per_device.get(device, "")
 
     @field_validator("allowed_origins")
     @classmethod

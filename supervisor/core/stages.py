@@ -15,6 +15,9 @@ class Stage(StrEnum):
     LOAD = "load"
     ENCODE = "encode"
     DENOISE = "denoise"
+    # An image job's first (and last) frame through the VAE encoder, inside the image pipeline
+    # before its first denoising step: a full-size video's worth of VAE memory, as a decode.
+    IMAGE_ENCODE = "image_encode"
     DECODE = "decode"
     SAVE = "save"
     DOWNLOAD = "download"

@@ -117,6 +117,10 @@ _TRIED = re.compile(r"tried to allocate " + _SIZE)
 _TOTAL_NEW = re.compile(r"gpu (\d+) has a total capac\w* of " + _SIZE)
 _FREE_NEW = re.compile(r"of which " + _SIZE + r" is free")
 _RESERVED_UNALLOC = re.compile(_SIZE + r" is reserved by pytorch but unallocated")
+# Under torch.cuda.set_per_process_memory_fraction (genvisor's device_memory_limit on a GPU)
+# torch names the process's allowance; the device's own free memory is then beside the point.
+_ALLOWED = re.compile(_SIZE + r" allowed;")
+_BY_PYTORCH = re.compile(r"of the allocated memory " + _SIZE + r" is allocated by pytorch")
 _OLD = re.compile(
     r"\(gpu\s+(\d+); " + _SIZE + r" total capacity; " + _SIZE + r" already allocated; "
     + _SIZE + r" free"
@@ -203,6 +207,11 @@ def is_fragmented(facts: dict[str, object]) -> bool:
     return unallocated >= _FRAGMENTATION_MIN_BYTES_WITHOUT_TOTAL
 
 
+def _size_of(pattern: re.Pattern[str], low: str) -> int | None:
+    found = pattern.search(low)
+    return parse_size(found.group(1), found.group(2)) if found is not None else None
+
+
 def _memory_facts(low: str, facts: dict[str, object]) -> None:
     if (found := _CPU_BYTES.search(low)) is not None:
         facts["requested_bytes"] = int(found.group(1))
@@ -220,6 +229,13 @@ def _memory_facts(low: str, facts: dict[str, object]) -> None:
         facts["device_index"] = int(found.group(1))
         facts["total_bytes"] = parse_size(found.group(2), found.group(3))
         facts["free_bytes"] = parse_size(found.group(6), found.group(7))
+    if (found := _ALLOWED.search(low)) is not None:
+        limit = parse_size(found.group(1), found.group(2))
+        allocated = _size_of(_BY_PYTORCH, low) or 0
+        reserved = _size_of(_RESERVED_UNALLOC, low) or 0
+        facts["memory_limit_bytes"] = limit
+        facts["total_bytes"] = limit
+        facts["free_bytes"] = max(limit - allocated - reserved, 0)
     if (found := _MPS.search(low)) is not None:
         allocated = parse_size(found.group(1), found.group(2))
         other = parse_size(found.group(3), found.group(4))

@@ -29,7 +29,12 @@ from supervisor.errors.traceback_text import extract_facts, format_bytes
 
 __all__ = ["TechnicalDetails", "UserError", "explain"]
 
-_BYTE_FACTS = {"requested_bytes": "required", "free_bytes": "free", "total_bytes": "total"}
+_BYTE_FACTS = {
+    "requested_bytes": "required",
+    "free_bytes": "free",
+    "total_bytes": "total",
+    "memory_limit_bytes": "memory_limit",
+}
 
 
 class TechnicalDetails(BaseModel):

@@ -83,7 +83,7 @@ class _ParamChanges(BaseModel):
 
 
 # The stages whose memory a rung can lower; a failure elsewhere (worker, unknown) tries any rung.
-MEMORY_STAGES = (Stage.LOAD, Stage.ENCODE, Stage.DENOISE, Stage.DECODE)
+MEMORY_STAGES = (Stage.LOAD, Stage.ENCODE, Stage.DENOISE, Stage.IMAGE_ENCODE, Stage.DECODE)
 
 
 class _RungConfig(BaseModel):
@@ -209,6 +209,7 @@ _STAGE_WORDS = {
     Stage.LOAD: "model loading",
     Stage.ENCODE: "text encoding",
     Stage.DENOISE: "denoising",
+    Stage.IMAGE_ENCODE: "VAE encode of the first frame",
     Stage.DECODE: "VAE decode",
     Stage.SAVE: "saving",
 }

@@ -78,21 +78,35 @@ class MemoryRecovery:
 
     # -- before the first attempt ---------------------------------------------------------------
 
-    def prepare(self, job: Job) -> PreflightRefused | None:
-        """Learned rung, then pre-flight. Mutates the job's options and params; records why."""
+    def _learned(self, job: Job) -> RungId | None:
         key = self.key(job)
         learned = tolerate(lambda: self.strategies.lookup(key), None, what="learned strategy")
-        start_at = learned.rung if learned is not None else None
+        return learned.rung if learned is not None else None
+
+    def _preflight(self, job: Job, start_at: RungId | None) -> Plan | Refusal | None:
+        """Pre-flight's verdict for the job here (None: no budget or no estimate known)."""
         budget = self._budget(job)
         estimate_fn = _bound(self._estimate, job)
-        if budget is not None and estimate_fn is not None:
-            outcome = choose_rung(
-                estimate_fn,
-                budget,
-                self.reserve,
-                self.ladder,
-                PreflightJob(job.options, job.params, job.allow_output_changes, start_at),
-            )
+        if budget is None or estimate_fn is None:
+            return None
+        return choose_rung(
+            estimate_fn,
+            budget,
+            self.reserve,
+            self.ladder,
+            PreflightJob(job.options, job.params, job.allow_output_changes, start_at),
+        )
+
+    def preview(self, job: Job) -> Plan | Refusal | None:
+        """What `prepare` would decide on this device, changing nothing (placement compares
+        devices with it)."""
+        return self._preflight(job, self._learned(job))
+
+    def prepare(self, job: Job) -> PreflightRefused | None:
+        """Learned rung, then pre-flight. Mutates the job's options and params; records why."""
+        start_at = self._learned(job)
+        outcome = self._preflight(job, start_at)
+        if outcome is not None:
             if isinstance(outcome, Refusal):
                 return PreflightRefused(outcome.message, outcome)
             self._adopt(job, outcome, learned_rung=start_at)

@@ -4,6 +4,7 @@ VRAM monitor, each built from the runtime's settings and parts, under OTP-style 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from actors.actor import Actor
@@ -13,6 +14,7 @@ from actors.vram.pressure import PressureThresholds
 from actors.vram_monitor import VramMonitor
 from actors.worker.spawn import WorkerLaunch
 from supervisor.core.settings import Settings
+from supervisor.runtime.device_parts import DeviceParts
 from supervisor.supervision.child_spec import ChildSpec, RestartType
 
 if TYPE_CHECKING:
@@ -35,40 +37,45 @@ def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: A
     )
 
 
-def worker_launch(rt: Runtime) -> WorkerLaunch:
+def worker_launch(rt: Runtime, parts: DeviceParts | None = None) -> WorkerLaunch:
+    """The worker of `parts`' device (the runtime's first, its only one by default)."""
     s = rt.settings
+    parts = parts or rt.device_parts[0]
     return WorkerLaunch(
-        log_path=s.home / "logs" / "worker.log",
-        device=rt.device,
+        log_path=s.home / "logs" / parts.log_name,
+        device=parts.device,
         heartbeat_interval=s.heartbeat_interval,
-        memory_limit=s.device_memory_limit,
+        memory_limit=parts.memory_limit,
         ready_timeout=s.worker_start_timeout,
     )
 
 
-def _generator(rt: Runtime) -> Generator:
+def _generator(rt: Runtime, parts: DeviceParts) -> Generator:
     return Generator(
-        launch=worker_launch(rt),
+        launch=worker_launch(rt, parts),
         publish=rt.publish,
         report=rt.supervisor.tell_nowait,
         resolve_model=rt.resolve_model,
-        on_worker=rt.worker_changed,
-        on_resolved=rt.accounting.model_resolved,
+        on_worker=partial(rt.worker_changed, parts=parts),
+        on_resolved=rt.model_resolved,
         stall_timeout=rt.settings.stall_timeout,
         cancel_grace=rt.settings.cancel_grace,
     )
 
 
-def vram_monitor(rt: Runtime) -> VramMonitor:
+def vram_monitor(rt: Runtime, parts: DeviceParts | None = None) -> VramMonitor:
+    """The monitor of `parts`' device (the first's by default: the only one with one device)."""
     s = rt.settings
+    first = parts is None or parts is rt.device_parts[0]
+    parts = parts or rt.device_parts[0]
     return VramMonitor(
-        rt.memory_source,
-        publish=rt.publish,
-        device=rt.device,
+        rt.memory_source if first else None,
+        publish=rt.publish if first else partial(rt.publish, parts=parts),
+        device=parts.device,
         nvml=rt.nvml,
         sample_deadline=s.vram_sample_deadline,
-        on_degraded=rt.telemetry_changed,
-        cap=rt.accounting.cap,
+        on_degraded=rt.telemetry_changed if first else partial(rt.telemetry_changed, parts=parts),
+        cap=parts.accounting.cap,
         expect_gpu=s.expect_gpu,
         interval=s.vram_sample_interval,
         thresholds=PressureThresholds(s.pressure_warning, s.pressure_critical),
@@ -84,6 +91,13 @@ def default_child_specs(rt: Runtime) -> list[ChildSpec]:
             "model_loader",
             lambda: ModelLoader(s, publish=rt.bus.publish, registry=rt.registry),
         ),
-        _spec(s, "generator", lambda: _generator(rt)),
+        # One generator (worker) per device, each with its own restart intensity.
+        *(_spec(s, p.child_id, partial(_generator, rt, p)) for p in rt.device_parts),
         _spec(s, "vram_monitor", lambda: vram_monitor(rt)),
+        # Every GPU after the first is sampled by its own monitor.
+        *(
+            _spec(s, p.monitor_id, partial(vram_monitor, rt, p))
+            for p in rt.device_parts[1:]
+            if p.device != "cpu"
+        ),
     ]

@@ -11,16 +11,18 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
+from actors.actor import Actor
 from actors.models.registry import load_registry
-from actors.vram.device import ResolvedDevice, resolve_device
+from actors.vram.device import ResolvedDevice
 from actors.vram.memory_sources import MemorySource
 from actors.vram_monitor import WorkerChanged
-from actors.worker.memory_cap import parse_size
 from actors.worker.protocol import Ready
 from supervisor.bus import EventBus, Journal
 from supervisor.bus import events as ev
@@ -38,11 +40,9 @@ from supervisor.jobs import AsyncJobStore, Job
 from supervisor.jobs.input_store import InputStore
 from supervisor.recovery.calibration import CalibrationStore
 from supervisor.recovery.diagnosis import Diagnosis, diagnose
-from supervisor.recovery.ladder import load_ladder
 from supervisor.recovery.learned_strategies import LearnedStrategies
-from supervisor.recovery.memory import MemoryRecovery
-from supervisor.recovery.memory_accounting import MemoryAccounting
 from supervisor.runtime.children import default_child_specs
+from supervisor.runtime.device_parts import DeviceParts, build_device_parts
 from supervisor.runtime.ownership import follow_owner, run_or_exit, terminate_process
 from supervisor.runtime.start_up import (
     TELEMETRY_KEY,
@@ -53,6 +53,7 @@ from supervisor.runtime.start_up import (
 from supervisor.supervision.child_spec import ChildSpec
 from supervisor.supervision.job_decider import JobDecider
 from supervisor.supervision.job_flow import JobFlow
+from supervisor.supervision.lanes import GENERATOR, Lane
 from supervisor.supervision.messages import ClearDegraded, Degrade, JobSubmitted
 from supervisor.supervision.model_resolution import ModelResolver
 from supervisor.supervision.supervisor import Supervisor
@@ -131,11 +132,6 @@ class Runtime:
         return self._serving
 
     def _open(self, settings: Settings, child_specs: list[ChildSpec] | None) -> None:
-        # Invariant: "auto" is decided here, once; every actor gets this device, never the
-        # setting (a CPU job budgeted from a GPU's memory otherwise).
-        self.resolved: ResolvedDevice = resolve_device(
-            settings.device, nvml=self.nvml, timeout=settings.vram_sample_deadline
-        )
         self.journal = Journal(
             settings.home / "events.sqlite3", retention=settings.journal_retention
         )
@@ -144,24 +140,19 @@ class Runtime:
         self.strategies = LearnedStrategies(settings.home / "vram.sqlite3")
         if settings.clear_learned_strategies:
             self.strategies.clear()
-        cap = parse_size(settings.device_memory_limit) if settings.device_memory_limit else None
-        self.accounting = MemoryAccounting(
-            device=self.device,
-            cap=cap,
+        # Invariant: "auto" is decided here, once; every actor gets its device, never the
+        # setting. One set of parts per device; the first is the runtime's own (one device: the
+        # only one, exactly as before a `devices` list existed).
+        self.device_parts = build_device_parts(
+            settings,
+            strategies=self.strategies,
             calibration=CalibrationStore(settings.home / "vram.sqlite3"),
+            nvml=self.nvml,
         )
-        self.memory = MemoryRecovery(
-            load_ladder(),
-            self.strategies,
-            device=self.device,
-            device_name=self.resolved.name,
-            max_attempts=settings.max_recovery_attempts,
-            memory_key=self.accounting.key,
-            budget=self.accounting.budget,
-            estimate=self.accounting.estimate,
-            reserve=int(settings.memory_reserve),
-            calibrate=self.accounting.calibrate,
-        )
+        first = self.device_parts[0]
+        self.resolved: ResolvedDevice = first.resolved
+        self.accounting = first.accounting
+        self.memory = first.memory
         self.output_dir = settings.home / "outputs"
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # The loop reaches SQLite only through the store's worker thread.
@@ -179,10 +170,11 @@ class Runtime:
         self.jobs = JobFlow(
             self.store,
             publish=self.bus.publish,
-            generator=lambda: self.supervisor.child("generator"),
+            generator=lambda: self.supervisor.child(GENERATOR),
             decider=self.decider,
             diagnose=self._diagnose,
             memory=self.memory,
+            lanes=self._lanes(),
         )
         specs = child_specs if child_specs is not None else self.default_child_specs()
         self.supervisor = Supervisor(
@@ -197,11 +189,33 @@ class Runtime:
             lambda: self.supervisor.child("model_loader"), self.decider
         )
 
-    def worker_changed(self, ready: Ready) -> None:
-        self.accounting.worker_changed(ready)
-        monitor = self.supervisor.child("vram_monitor")
+    def _lanes(self) -> list[Lane] | None:
+        """A lane per device of a `devices` list (None with one device)."""
+        if len(self.device_parts) == 1 and self.device_parts[0].child_id == GENERATOR:
+            return None
+        return [
+            Lane(p.label, p.child_id, partial(self.supervisor_child, p.child_id), p.memory)
+            for p in self.device_parts
+        ]
+
+    def supervisor_child(self, child_id: str) -> Actor | None:
+        return self.supervisor.child(child_id)
+
+    def worker_changed(self, ready: Ready, parts: DeviceParts | None = None) -> None:
+        """A worker said ready: its device's accounting learns its baseline, its device's VRAM
+        monitor follows it (CPU workers after the first have none of their own)."""
+        parts = parts or self.device_parts[0]
+        parts.accounting.worker_changed(ready)
+        first = parts is self.device_parts[0]
+        monitor = self.supervisor.child("vram_monitor" if first else parts.monitor_id)
         if monitor is not None and monitor.running:
             monitor.tell_nowait(WorkerChanged(ready.pid))
+
+    async def model_resolved(self, model: str, path: Path) -> None:
+        """A model's files were resolved on one device: every device's pre-flight learns its
+        weights (placement compares them all)."""
+        for parts in self.device_parts:
+            await parts.accounting.model_resolved(model, path)
 
     @property
     def worker_ready(self) -> Ready | None:
@@ -221,19 +235,26 @@ class Runtime:
     ) -> Diagnosis:
         """`diagnose` with the numbers only this process knows (what a load on a CPU needs
         and what the cap leaves)."""
-        known = {**(facts or {}), **self.accounting.load_facts(report, self.base_options())}
+        device = self.jobs.device_of(report.job_id)
+        parts = next((p for p in self.device_parts if p.label == device), self.device_parts[0])
+        known = {**(facts or {}), **parts.accounting.load_facts(report, self.base_options())}
         return diagnose(report, applied=applied, facts=known, verdict=verdict)
 
     def base_options(self) -> PipelineOptions:
         """The options a job starts with before pre-flight or recovery change anything."""
         return PipelineOptions(device=self.device, dtype=self.dtype)
 
-    def publish(self, data: ev.EventData) -> object:
+    def publish(self, data: ev.EventData, parts: DeviceParts | None = None) -> object:
+        """Publish; `parts`: the device whose VRAM monitor sampled (None: the first's)."""
         # Invariant: the running job's live progress follows its events (one loop, no lock).
         if isinstance(data, ev.JobProgress):
             self.jobs.progress(data.job_id, data.stage, data.step)
         elif isinstance(data, ev.VramSample):
-            self.accounting.sampled(data)
+            # Each GPU has its own monitor; the host's memory is every CPU worker's.
+            sampled = parts or self.device_parts[0]
+            for each in self.device_parts:
+                if each is sampled or (each.device == "cpu" and sampled.device == "cpu"):
+                    each.accounting.sampled(data)
         return self.bus.publish(data)
 
     @property
@@ -247,9 +268,11 @@ class Runtime:
             return Dtype(self.settings.dtype)
         return Dtype.BFLOAT16 if self.device.startswith("cuda") else Dtype.FLOAT32
 
-    def telemetry_changed(self, reason: str | None) -> None:
+    def telemetry_changed(self, reason: str | None, parts: DeviceParts | None = None) -> None:
         """The monitor's device stopped (reason) or went back to (None) answering in time."""
-        message = ClearDegraded(TELEMETRY_KEY) if reason is None else Degrade(TELEMETRY_KEY, reason)
+        first = parts is None or parts is self.device_parts[0]
+        key = TELEMETRY_KEY if first or parts is None else parts.monitor_id
+        message = ClearDegraded(key) if reason is None else Degrade(key, reason)
         try:
             self.supervisor.tell_nowait(message)
         except (ActorNotRunning, MailboxFull):

@@ -123,6 +123,7 @@ class JobDecider:
             attempt=started.attempts,
             model=job.model,
             options=job.options.model_dump(mode="json"),
+            inputs=job.inputs.model_dump(mode="json") if job.inputs is not None else None,
         )
         return Attempt(job=started, run=run, started=announced)
 

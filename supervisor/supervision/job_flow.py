@@ -27,6 +27,8 @@ from supervisor.recovery.diagnosis import Diagnosis
 from supervisor.recovery.memory import MemoryRecovery
 from supervisor.supervision.decisions import Facts, Fire, JobDecision
 from supervisor.supervision.job_decider import JobDecider
+from supervisor.supervision.lanes import GENERATOR, Lane
+from supervisor.supervision.placement import place
 from supervisor.supervision.state_machine import State
 
 __all__ = ["CancelRefused", "Diagnose", "JobFlow"]
@@ -67,26 +69,72 @@ class JobFlow:
         diagnose: Diagnose,
         memory: MemoryRecovery | None = None,
         clock: Callable[[], float] = time.time,
+        lanes: Sequence[Lane] | None = None,
     ) -> None:
+        """`lanes`: one per device of a `devices` list; None: one lane, `generator` (as ever)."""
         self.store = store
         self._publish = publish
-        self._generator = generator
         self.decider = decider
         self.diagnose = diagnose
         self.memory = memory
         self.clock = clock
-        self.running: Job | None = None
+        self.lanes: tuple[Lane, ...] = (
+            tuple(lanes) if lanes else (Lane("", GENERATOR, generator, memory),)
+        )
         # The job whose re-run decides whether a recovery worked (None: not recovering a job).
         self.recovering_job_id: str | None = None
+        # The lane each job last started on (its bookkeeping goes to that device's memory).
+        self._ran_on: dict[str, Lane] = {}
+
+    @property
+    def placing(self) -> bool:
+        """Jobs are placed on one of several devices (a `devices` list)."""
+        return len(self.lanes) > 1
+
+    @property
+    def running(self) -> Job | None:
+        """The running job with one lane; with several, the first one running (see
+        `running_jobs`)."""
+        return next((lane.running for lane in self.lanes if lane.running is not None), None)
+
+    def running_jobs(self) -> dict[str, Job]:
+        """Each lane's running job, by device."""
+        return {lane.device: lane.running for lane in self.lanes if lane.running is not None}
+
+    def running_job(self, job_id: str) -> Job | None:
+        """The job `job_id` when it is running on any device."""
+        lane = self._lane_running(job_id)
+        return lane.running if lane is not None else None
+
+    def device_of(self, job_id: str | None) -> str | None:
+        """The device the job last started on (None: not started, or one device)."""
+        lane = self._ran_on.get(job_id) if job_id is not None and self.placing else None
+        return lane.device if lane is not None else None
+
+    def lane_of_child(self, child_id: str) -> Lane | None:
+        return next((lane for lane in self.lanes if lane.child_id == child_id), None)
+
+    def lane_of_device(self, device: str) -> Lane | None:
+        return next((lane for lane in self.lanes if lane.device == device), None)
+
+    def _lane_running(self, job_id: str) -> Lane | None:
+        return next(
+            (lane for lane in self.lanes if lane.running is not None and lane.running.id == job_id),
+            None,
+        )
 
     # -- dispatch -----------------------------------------------------------------------------
 
     async def dispatch(self, state: State) -> None:
-        """Start the next job when the supervisor serves and the generator is free."""
-        if self.running is not None:
+        """Start the next job when the supervisor serves and a generator is free."""
+        if self.placing:
+            await self._dispatch_placed(state)
             return
-        generator = self._generator()
-        if generator is None or not generator.running:
+        lane = self.lanes[0]
+        if lane.running is not None:
+            return
+        generator = lane.actor()
+        if generator is None:
             return
         # Invariant: the state is checked before pre-flight. Dispatch runs after every
         # supervisor message; pre-flight (learned strategies, estimates, store writes) runs only
@@ -94,12 +142,20 @@ class JobFlow:
         if state is State.RECOVERING:
             job = await self._recovering_job()
         elif state in (State.READY, State.DEGRADED):
-            job = await self._next_preflighted(state)
+            job = await self._next_preflighted(state, lane)
         else:
             return
         if job is None:
             return
+        await self._start(job, lane, generator)
+
+    async def _start(
+        self, job: Job, lane: Lane, generator: Actor, placement: str | None = None
+    ) -> bool:
         attempt = self.decider.start_attempt(job, self.clock())
+        started = attempt.started
+        if self.placing:
+            started = started.model_copy(update={"device": lane.device, "placement": placement})
         # Invariant: the running row is written before the generator hears of the job, and the
         # generator is told, `running` set and job.started published with no await between, so
         # job.started comes before anything the attempt itself publishes.
@@ -108,9 +164,43 @@ class JobFlow:
             generator.tell_nowait(attempt.run)
         except (ActorNotRunning, MailboxFull):
             await self.store.save(job)  # not started after all: waiting, as it was
-            return
-        self.running = attempt.job
-        self._publish(attempt.started)
+            return False
+        lane.running = attempt.job
+        self._ran_on[job.id] = lane
+        self._publish(started)
+        return True
+
+    async def _dispatch_placed(self, state: State) -> None:
+        """Several devices: each waiting job, in queue order, is placed by fit; it starts when
+        its device is free (the next ones wait behind it: the queue's order holds)."""
+        while any(lane.running is None and lane.actor() is not None for lane in self.lanes):
+            if state is State.RECOVERING:
+                job = await self._recovering_job()
+            elif state in (State.READY, State.DEGRADED):
+                job = await self.store.next_queued()
+            else:
+                return
+            if job is None:
+                return
+            first = job.attempts == 0 and job.requested is None and self.memory is not None
+            views = [lane.view(job, preflight=first) for lane in self.lanes]
+            placed = place(job.model, views)
+            if placed is None:
+                return
+            lane = self.lane_of_device(placed.device)
+            generator = lane.actor() if lane is not None else None
+            if lane is None or generator is None or lane.running is not None:
+                return  # its device is busy: it waits for it
+            job = lane.on_device(job)
+            if first:
+                refused = await self._preflight(job, state, lane)
+                if refused:
+                    continue
+            log.info("job %s: %s", job.id, placed.reason)
+            if not await self._start(job, lane, generator, placed.reason):
+                return
+            if state is State.RECOVERING:
+                return
 
     async def _recovering_job(self) -> Job | None:
         """While recovering only the job whose re-run decides the recovery may start (it ran
@@ -120,35 +210,45 @@ class JobFlow:
         job = await self.store.get(self.recovering_job_id)
         return job if job is not None and job.status in _WAITING else None
 
-    async def _next_preflighted(self, state: State) -> Job | None:
+    async def _next_preflighted(self, state: State, lane: Lane) -> Job | None:
         """The next waiting job; a first attempt goes through learned rungs and pre-flight,
         and one that can not fit anywhere fails here, before it runs."""
         while (job := await self.store.next_queued()) is not None:
             if job.attempts > 0 or self.memory is None or job.requested is not None:
                 return job
-            job.requested = job.params
-            refused = self.memory.prepare(job)
-            if refused is None:
+            if not await self._preflight(job, state, lane):
                 return job  # saved with its new status by dispatch, or by the next prepare
-            report = ErrorReport(
-                exc_type="supervisor.recovery.memory.PreflightRefused",
-                message=f"not enough memory: {refused.message}",
-                stage=Stage.LOAD,
-                device=job.options.device,
-                job_id=job.id,
-            )
-            verdict = Categorization.of(ErrorCode.VRAM_EXHAUSTED, rule="preflight")
-            diagnosis = self.diagnose(
-                report,
-                verdict=verdict,
-                facts={"width": job.params.width, "height": job.params.height},
-            )
-            await self.carry_out(self.decider.preflight_refused(job, diagnosis, self.facts(state)))
         return None
 
+    async def _preflight(self, job: Job, state: State, lane: Lane) -> bool:
+        """Learned rung and pre-flight on the lane's device (mutates the job); True when it
+        was refused there (then it has failed, before it ran)."""
+        memory = lane.memory or self.memory
+        assert memory is not None
+        job.requested = job.params
+        refused = memory.prepare(job)
+        if refused is None:
+            return False
+        report = ErrorReport(
+            exc_type="supervisor.recovery.memory.PreflightRefused",
+            message=f"not enough memory: {refused.message}",
+            stage=Stage.LOAD,
+            device=job.options.device,
+            job_id=job.id,
+        )
+        verdict = Categorization.of(ErrorCode.VRAM_EXHAUSTED, rule="preflight")
+        diagnosis = self.diagnose(
+            report,
+            verdict=verdict,
+            facts={"width": job.params.width, "height": job.params.height},
+        )
+        await self.carry_out(self.decider.preflight_refused(job, diagnosis, self.facts(state)))
+        return True
+
     def progress(self, job_id: str, stage: Stage, step: int | None) -> None:
-        if self.running is not None and self.running.id == job_id:
-            self.running.stage, self.running.step = stage, step
+        lane = self._lane_running(job_id)
+        if lane is not None and lane.running is not None:
+            lane.running.stage, lane.running.step = stage, step
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -161,10 +261,19 @@ class JobFlow:
         )
 
     def take_running(self, job_id: str) -> Job | None:
-        job = self.running
-        if job is None or job.id != job_id:
+        lane = self._lane_running(job_id)
+        if lane is None:
             return None
-        self.running = None
+        job, lane.running = lane.running, None
+        return job
+
+    def take_running_of(self, child_id: str) -> Job | None:
+        """The job running on the child that exited. With one lane, whatever child it was
+        (as ever: its job is decided as a worker crash)."""
+        lane = self.lane_of_child(child_id) or (None if self.placing else self.lanes[0])
+        if lane is None:
+            return None
+        job, lane.running = lane.running, None
         return job
 
     async def carry_out(
@@ -193,7 +302,11 @@ class JobFlow:
         # in a worker thread: a SQLite commit per job would otherwise hold the loop (and every
         # subscriber waiting for the event just published) for milliseconds. Awaited, so the
         # next job's pre-flight sees what this one taught.
-        learn, memory = decision.learn, self.memory
+        ran_on = self._ran_on.get(decision.job.id)
+        if decision.job.terminal:
+            self._ran_on.pop(decision.job.id, None)
+        learn = decision.learn
+        memory = ran_on.memory if ran_on is not None and ran_on.memory else self.memory
         if learn is not None and memory is not None:
             job = decision.job
 
@@ -206,6 +319,7 @@ class JobFlow:
 
     def cancel_running(self, job_id: str) -> None:
         """Ask the generator to cancel the running job; its outcome (cancelled) follows."""
-        generator = self._generator()
+        lane = self._lane_running(job_id)
+        generator = lane.generator() if lane is not None else None
         if generator is not None:
             generator.tell_nowait(CancelJob(job_id))

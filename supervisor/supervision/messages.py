@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor.core.exceptions import GenvisorError
 from supervisor.errors.report import ErrorReport
 from supervisor.supervision.restart_window import ExitKind
 from supervisor.supervision.state_machine import State, TransitionRecord
@@ -18,6 +19,7 @@ __all__ = [
     "Degrade",
     "JobSubmitted",
     "Reset",
+    "ResetRefused",
     "RestartDue",
     "SupervisorSnapshot",
 ]
@@ -49,6 +51,12 @@ class RestartDue:
 @dataclass(frozen=True, slots=True)
 class Reset:
     reason: str = "operator reset"
+    # One device of a `devices` list whose worker halted (None: the whole halted supervisor).
+    device: str | None = None
+
+
+class ResetRefused(GenvisorError):
+    """A device reset that can not be done: no such device, or it is in service."""
 
 
 @dataclass(frozen=True, slots=True)

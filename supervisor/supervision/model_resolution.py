@@ -16,6 +16,7 @@ from actors.generator import ModelChoice
 from actors.model_loader import LoadFailed, Operation, ResolvedModel, ResolveModel
 from actors.models.model_errors import ModelUnavailable
 from supervisor.core.exceptions import ActorNotRunning
+from supervisor.core.params import Mode
 from supervisor.errors import ErrorCode
 from supervisor.supervision.decisions import ModelStep
 from supervisor.supervision.job_decider import JobDecider
@@ -24,7 +25,7 @@ __all__ = ["ModelResolver"]
 
 
 class ModelResolver:
-    """`await resolver(model, repair)` → `ModelChoice`; the generator's `resolve_model`.
+    """`await resolver(model, repair, mode)` → `ModelChoice`; the generator's `resolve_model`.
 
     `repair`: the attempt's plan asks for a repair first (a load of this model failed as
     damaged on the worker)."""
@@ -36,7 +37,7 @@ class ModelResolver:
         self._decider = decider
         self._timeout = timeout
 
-    async def __call__(self, model: str, repair: bool) -> ModelChoice:
+    async def __call__(self, model: str, repair: bool, mode: Mode = Mode.T2V) -> ModelChoice:
         loader = self._loader()
         if loader is None or not loader.running:
             raise ActorNotRunning(actor="model_loader")
@@ -55,6 +56,10 @@ class ModelResolver:
                     found = await self._ask(loader, ResolveModel(model))
                 case ModelStep.FALLBACK:
                     found = await self._ask(loader, ResolveModel(model, allow_fallback=True))
+                    # A fallback that cannot start from what the job gives (an image) is no
+                    # fallback for it: the job fails with its own model's reason.
+                    if found.name != model and not found.entry.serves(mode):
+                        raise
                 case ModelStep.FAIL:
                     raise
         return ModelChoice(

@@ -27,6 +27,7 @@ from supervisor.jobs import Job
 from supervisor.supervision.child_spec import ChildSpec
 from supervisor.supervision.child_status import ChildRecord, ChildState
 from supervisor.supervision.decisions import CancelKind, Fire, JobDecision
+from supervisor.supervision.device_service import DeviceService
 from supervisor.supervision.job_decider import applied_actions
 from supervisor.supervision.job_flow import CancelRefused, JobFlow
 from supervisor.supervision.messages import (
@@ -37,6 +38,7 @@ from supervisor.supervision.messages import (
     Degrade,
     JobSubmitted,
     Reset,
+    ResetRefused,
     RestartDue,
     SupervisorSnapshot,
 )
@@ -53,8 +55,8 @@ ErrorCodeOf = Callable[[ErrorReport], str | None]
 # -- the supervisor -----------------------------------------------------------------------------
 
 
-class Supervisor(Actor):
-    reply_errors = (InvalidTransition, CancelRefused)
+class Supervisor(DeviceService, Actor):
+    reply_errors = (InvalidTransition, CancelRefused, ResetRefused)
 
     def __init__(
         self,
@@ -202,7 +204,7 @@ class Supervisor(Actor):
                 if record.generation == message.generation and self.state is State.RECOVERING:
                     self._start_child(record)
             case Reset():
-                return self._reset(message.reason)
+                return self._reset_device(message.reason, message.device)
             case Degrade():
                 self.degraded_reasons[message.key] = message.reason
                 if self.state is State.READY:
@@ -222,10 +224,11 @@ class Supervisor(Actor):
         record.state = ChildState.RUNNING
         pid = record.actor.describe().get("pid") if record.actor is not None else None
         self._publish(ev.ActorStarted(actor=record.spec.id, pid=pid))
+        self._device_back(record.spec.id)
         if any(
             r.state is not ChildState.RUNNING
             for r in self.children.values()
-            if r.state is not ChildState.STOPPED
+            if r.state not in (ChildState.STOPPED, ChildState.FAILED)
         ):
             return
         if self.state is State.STARTING:
@@ -248,8 +251,9 @@ class Supervisor(Actor):
         record.last_error = message.report
         record.state = ChildState.EXITED
         code = self._error_code_of(message.report) if message.report is not None else None
-        if self.jobs is not None and self.jobs.running is not None and message.report is not None:
-            job, self.jobs.running = self.jobs.running, None
+        jobs = self.jobs
+        job = jobs.take_running_of(record.spec.id) if jobs and message.report else None
+        if self.jobs is not None and job is not None and message.report is not None:
             diagnosis = self.jobs.diagnose(message.report)
             facts = self.jobs.facts(self.state, self.degraded_reasons)
             await self._carry_out(
@@ -268,7 +272,8 @@ class Supervisor(Actor):
         record.restart_history = decision.history
         if decision.escalate:
             record.state = ChildState.FAILED
-            self._fire(Trigger.GIVE_UP, reason=decision.reason, error_code=code)
+            if not self._out_of_service(record.spec.id, decision.reason, code):
+                self._fire(Trigger.GIVE_UP, reason=decision.reason, error_code=code)
             return
         if not decision.restart:
             record.state = ChildState.STOPPED
@@ -300,6 +305,7 @@ class Supervisor(Actor):
     def _reset(self, reason: str) -> State:
         self._fire(Trigger.RESET, reason=reason)  # InvalidTransition unless halted
         self._unsettle()
+        self._all_back_in_service()
         for record in self.children.values():
             record.restart_history = ()
             if record.state in (ChildState.FAILED, ChildState.EXITED, ChildState.RESTARTING):
@@ -336,7 +342,7 @@ class Supervisor(Actor):
         jobs = self.jobs
         job = await jobs.store.get(job_id)
         facts = jobs.facts(self.state, self.degraded_reasons)
-        cancel = jobs.decider.cancel_requested(job, jobs.running, facts)
+        cancel = jobs.decider.cancel_requested(job, jobs.running_job(job_id), facts)
         if cancel.kind is CancelKind.REFUSED and cancel.job is not None:
             raise CancelRefused(job_id=job_id, status=cancel.job.status.value)
         if cancel.kind is CancelKind.RUNNING:
