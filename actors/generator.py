@@ -44,6 +44,7 @@ from actors.worker.protocol import (
 from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import WorkerCrashed, WorkerHung
+from supervisor.core.params import mode_of
 from supervisor.core.structured_logging import current_job_id
 from supervisor.errors.report import ErrorReport, Stage
 
@@ -75,9 +76,7 @@ class RunJob:
 
     @property
     def mode(self) -> Mode:
-        if self.last_image_path is not None:
-            return Mode.FLF2V
-        return Mode.I2V if self.image_path is not None else Mode.T2V
+        return mode_of(self.image_path, self.last_image_path)
 
 
 @dataclass(frozen=True, slots=True)

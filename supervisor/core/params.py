@@ -22,6 +22,7 @@ __all__ = [
     "Offload",
     "PipelineClass",
     "PipelineOptions",
+    "mode_of",
 ]
 
 # Job ids become file names in the worker: only the server generates them, and only this
@@ -114,6 +115,11 @@ class JobInputs(FrozenModel):
 
     @property
     def mode(self) -> Mode:
-        if self.last_image is not None:
-            return Mode.FLF2V
-        return Mode.I2V if self.image is not None else Mode.T2V
+        return mode_of(self.image, self.last_image)
+
+
+def mode_of(image: object | None, last_image: object | None) -> Mode:
+    """What a job starts from, given its first and last frame (ids or paths; None: absent)."""
+    if last_image is not None:
+        return Mode.FLF2V
+    return Mode.I2V if image is not None else Mode.T2V
