@@ -23,6 +23,8 @@ each part's figures read from the job's events and stored result. The parts:
 - ``decode_only``: tiny-wan (again under a profile-less name) at 480x832x5 under a cap at 55 %
   of its measured peak: the VAE decode runs out of memory, and the retry decodes the saved
   latents with tiling (``decode_only`` changes) without denoising again.
+- ``two_experts``: Wan 2.2 A14B's shape (the tiny two-expert builds): a text job, an image job
+  from a first frame and a first-last-frame job, each with the expert of every denoising step.
 
 With ``--device cpu`` the same flow runs here (a smoke test of the script: there is no CUDA
 out-of-memory and the offload rungs do not apply on a CPU). Prints progress on stderr and one
@@ -33,6 +35,7 @@ the others still run.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import subprocess
@@ -45,9 +48,11 @@ from typing import Any
 
 import anyio
 from _harness import ROOT, EventLog, build_tiny_model, emit, median, progress, running_runtime
+from PIL import Image
 
-from supervisor.core.params import GenerationParams
+from supervisor.core.params import Fit, GenerationParams, JobInputs
 from supervisor.jobs import Job, new_job_id
+from supervisor.jobs.image_checks import inspect_image
 from supervisor.runtime import Runtime
 
 GiB, MiB = 1024**3, 1024**2
@@ -59,7 +64,7 @@ WIDE_BF16_BYTES = 1 * GiB
 WIDE_LAYERS = 32
 UNPROFILED = "tiny-wan-unprofiled"
 WIDE = "wide-wan"
-PARTS = ("tiny_wan", "oom_ladder", "decode_only")
+PARTS = ("tiny_wan", "oom_ladder", "decode_only", "two_experts")
 
 _PROBE = r"""
 import json, sys, time
@@ -169,8 +174,16 @@ def _params(width: int, height: int, frames: int, seed: int = 0) -> GenerationPa
     )
 
 
-async def _run(runtime: Runtime, log: EventLog, model: str, params: GenerationParams) -> dict:
-    job = Job(id=new_job_id(), model=model, params=params, options=runtime.base_options())
+async def _run(
+    runtime: Runtime,
+    log: EventLog,
+    model: str,
+    params: GenerationParams,
+    inputs: JobInputs | None = None,
+) -> dict[str, Any]:
+    job = Job(
+        id=new_job_id(), model=model, params=params, options=runtime.base_options(), inputs=inputs
+    )
     started = time.perf_counter()
     await runtime.submit(job)
     end = await log.wait_job(job.id, "job.succeeded", "job.failed", limit=420)
@@ -209,6 +222,12 @@ async def _run(runtime: Runtime, log: EventLog, model: str, params: GenerationPa
         ],
         "sentences": [c.text for c in stored.changes],
         "attempts": len(log.of_job(job.id, "job.started")),
+        # Two-expert models: which expert ran each denoising step (1 high noise, 2 low noise).
+        "experts": [
+            r.event.data.expert  # type: ignore[attr-defined]
+            for r in log.of_job(job.id, "job.progress")
+            if r.event.data.step  # type: ignore[attr-defined]
+        ],
         "error": None if end.event.type.value == "job.succeeded" else end.event.data.error,  # type: ignore[attr-defined]
     }
 
@@ -274,6 +293,38 @@ async def _decode_only(root: Path, tiny: Path, device: str, cap: str) -> dict[st
     return {"cap": cap, "denoise_step_events": len(denoise_steps), **run}
 
 
+async def _two_experts(root: Path, device: str) -> dict[str, Any]:
+    """Wan 2.2 A14B's shape on the device: the tiny two-expert text model, then the image one
+    from a first frame and from a first and a last frame (both registered by default)."""
+    home = root / "experts"
+    for variant, name in (("a14b", "tiny-wan-a14b"), ("a14b-i2v", "tiny-wan-a14b-i2v")):
+        cmd = [sys.executable, "-m", "actors.worker.tiny_rebuild", str(home / "models" / name)]
+        await anyio.run_process([*cmd, variant], cwd=ROOT)
+    out: dict[str, Any] = {}
+    async with running_runtime(home, device=device) as (runtime, log):
+        frames = []
+        for colour in ((230, 120, 40), (20, 40, 160)):
+            buffer = io.BytesIO()
+            Image.new("RGB", (64, 32), colour).save(buffer, format="PNG")
+            data = buffer.getvalue()
+            frames.append(runtime.inputs.put(data, inspect_image(data, max_pixels=10**6)).id)
+        small = _params(64, 32, 5)
+        out["t2v"] = await _run(runtime, log, "tiny-wan-a14b", small)
+        out["i2v"] = await _run(
+            runtime, log, "tiny-wan-a14b-i2v", small, JobInputs(image=frames[0])
+        )
+        out["flf2v"] = await _run(
+            runtime,
+            log,
+            "tiny-wan-a14b-i2v",
+            small,
+            JobInputs(image=frames[0], last_image=frames[1], fit=Fit.PAD),
+        )
+    summary = {k: (v["ok"], v["experts"], v["wall_s"]) for k, v in out.items()}
+    progress(f"two experts: {summary}")
+    return {"dtype": (out["t2v"]["options_used"] or {}).get("dtype"), **out}
+
+
 async def _part(figures: dict[str, Any], name: str, coro: Any) -> None:
     started = time.perf_counter()
     progress(f"== {name}")
@@ -310,6 +361,8 @@ async def main(device: str, warm: int, ladder_cap: str | None, parts: set[str]) 
         decode_cap = f"{int(short * 0.55 / MiB)}MiB" if short and device != "cpu" else ""
         if "decode_only" in parts:
             await _part(figures, "decode_only", _decode_only(root, tiny, device, decode_cap))
+        if "two_experts" in parts:
+            await _part(figures, "two_experts", _two_experts(root, device))
     figures["total_s"] = round(time.perf_counter() - started, 1)
     return figures
 
