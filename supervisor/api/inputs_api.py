@@ -75,7 +75,7 @@ def add_input_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) ->
     @router.get("/v1/inputs/{input_id}", tags=["inputs"], dependencies=guarded)
     async def get_input(input_id: str) -> dict[str, Any]:
         """An uploaded input's format and upright size."""
-        stored = runtime.inputs.get(input_id)
+        stored = await anyio.to_thread.run_sync(runtime.inputs.get, input_id)
         if stored is None:
             raise ApiError(
                 status.HTTP_404_NOT_FOUND,

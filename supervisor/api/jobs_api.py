@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -30,6 +31,7 @@ from supervisor.core.params import (
 )
 from supervisor.errors import ErrorCode
 from supervisor.jobs import Job, JobStatus, new_job_id
+from supervisor.jobs.input_store import StoredInput
 from supervisor.runtime import Runtime
 from supervisor.supervision.job_flow import CancelRefused
 from supervisor.supervision.messages import CancelRequest
@@ -161,7 +163,9 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
         state = runtime.supervisor.state
         if state not in (State.READY, State.DEGRADED, State.RECOVERING, State.STARTING):
             raise _not_accepting(runtime, state)
-        job = _build_job(body)
+        # The inputs' records are files: read in a thread, never on the event loop.
+        stored = await anyio.to_thread.run_sync(_stored_inputs, body)
+        job = _build_job(body, stored)
         if isinstance(job, JSONResponse):
             return job
         if await runtime.store.waiting() >= settings.queue_max:
@@ -188,7 +192,11 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
             headers={"Location": str(request.url_for("get_job", job_id=job.id))},
         )
 
-    def _build_job(body: JobRequest) -> Job | JSONResponse:
+    def _stored_inputs(body: JobRequest) -> dict[str, StoredInput | None]:
+        ids = (i for i in (body.image, body.last_image) if i is not None)
+        return {input_id: runtime.inputs.get(input_id) for input_id in ids}
+
+    def _build_job(body: JobRequest, stored: dict[str, StoredInput | None]) -> Job | JSONResponse:
         model = body.model or settings.default_model
         registry = runtime.registry
         if model not in registry:
@@ -220,7 +228,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
                     "message": f"at most {settings.max_prompt_chars} characters",
                 }
             )
-        inputs, input_errors, image_size = _job_inputs(body, entry)
+        inputs, input_errors, image_size = _job_inputs(body, entry, stored)
         errors.extend(input_errors)
         width, height = _size(body, entry, image_size)
         m = entry.size_multiple
@@ -265,7 +273,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
         )
 
     def _job_inputs(
-        body: JobRequest, entry: ModelEntry
+        body: JobRequest, entry: ModelEntry, stored: dict[str, StoredInput | None]
     ) -> tuple[JobInputs | None, list[dict[str, Any]], tuple[int, int] | None]:
         """The job's inputs, each problem naming its field, and the first image's upright size."""
         inputs = JobInputs(image=body.image, last_image=body.last_image, fit=body.fit)
@@ -280,8 +288,8 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
         for field, input_id in (("image", body.image), ("last_image", body.last_image)):
             if input_id is None:
                 continue
-            stored = runtime.inputs.get(input_id)
-            if stored is None:
+            found = stored.get(input_id)
+            if found is None:
                 errors.append(
                     {
                         "field": field,
@@ -290,7 +298,7 @@ def add_job_routes(router: APIRouter, runtime: Runtime, guarded: list[Any]) -> N
                     }
                 )
             elif field == "image":
-                size = (stored.width, stored.height)
+                size = (found.width, found.height)
         return (inputs if body.image else None), errors, size
 
     @router.get("/v1/jobs", tags=["jobs"], dependencies=guarded)
