@@ -153,6 +153,17 @@ class Settings(BaseSettings):
     # Worker memory cap ("2GiB"; empty = none): CUDA memory fraction, or RLIMIT_AS on the CPU.
     # One value for every worker, or one per device ("cpu:0=1536MiB,cpu:1=3GiB").
     device_memory_limit: str = ""
+    # Where the workers run: "local" (child processes of this server) or "ray" (one Ray actor
+    # per entry of `devices`, on whichever node of the cluster at `ray_address` has one free;
+    # `pip install genvisor[ray]`). Ray's own restarts are off: the supervisor decides.
+    executor: Literal["local", "ray"] = "local"
+    # A Ray cluster's address ("10.0.0.5:6379", or "auto" for the cluster this host belongs
+    # to); empty with executor = "ray" starts a private local one.
+    ray_address: str = ""
+    # How a Ray worker finds its model: "shared" (every node sees this server's paths: one
+    # host, or GENVISOR_HOME and the cache on a shared file system), or "node" (each node
+    # keeps the models in its own Hugging Face cache and pulls what it lacks there).
+    ray_model_cache: Literal["shared", "node"] = "shared"
 
     @field_validator("api_token")
     @classmethod
