@@ -41,7 +41,7 @@ from actors.worker.protocol import (
     Ready,
     StageTiming,
 )
-from actors.worker.spawn import WorkerHandle, WorkerLaunch, spawn_worker
+from actors.worker.spawn import SpawnWorker, WorkerLaunch, WorkerLink, spawn_worker
 from supervisor.bus import events as ev
 from supervisor.core.exceptions import WorkerCrashed, WorkerHung
 from supervisor.core.params import mode_of
@@ -123,9 +123,11 @@ class Generator(Actor):
         clock: Callable[[], float] = time.monotonic,
         on_worker: Callable[[Ready], None] | None = None,
         on_resolved: Callable[[str, Path], Awaitable[None]] | None = None,
+        spawn: SpawnWorker = spawn_worker,
     ) -> None:
         super().__init__("generator")
         self._launch = launch
+        self._spawn = spawn
         self._publish = publish
         self._report = report
         self._resolve_model = resolve_model
@@ -134,7 +136,7 @@ class Generator(Actor):
         self._stall_timeout = stall_timeout
         self._cancel_grace = cancel_grace
         self._clock = clock
-        self.worker: WorkerHandle | None = None
+        self.worker: WorkerLink | None = None
         self._job: RunJob | None = None
         self._job_started = 0.0
         # (requested model name, what stands for it) of the pipeline the worker holds.
@@ -156,7 +158,7 @@ class Generator(Actor):
         await self._start_worker()
 
     async def _start_worker(self) -> None:
-        self.worker = await spawn_worker(self._launch)
+        self.worker = await self._spawn(self._launch)
         self._expected_exit = False
         self._loaded = None
         self._last_heartbeat = self._clock()
@@ -188,6 +190,7 @@ class Generator(Actor):
             "pid": worker.pid if worker is not None and worker.returncode is None else None,
             "job_id": self._job.job_id if self._job else None,
             "device": worker.ready.device if worker is not None else None,
+            "worker_place": worker.place if worker is not None else None,
             "heartbeat_age_s": round(self._clock() - self._last_heartbeat, 2)
             if worker is not None
             else None,
@@ -307,7 +310,7 @@ class Generator(Actor):
         worker = self.worker
         self.spawn(lambda: self._hard_cancel_after_grace(worker, job_id))
 
-    async def _hard_cancel_after_grace(self, worker: WorkerHandle, job_id: str) -> None:
+    async def _hard_cancel_after_grace(self, worker: WorkerLink, job_id: str) -> None:
         await anyio.sleep(self._cancel_grace)
         if self._job is None or self._job.job_id != job_id or worker is not self.worker:
             return
@@ -324,7 +327,7 @@ class Generator(Actor):
 
     # -- background tasks ---------------------------------------------------------------------
 
-    async def _read(self, worker: WorkerHandle) -> None:
+    async def _read(self, worker: WorkerLink) -> None:
         while True:
             try:
                 msg = await worker.receive()
@@ -370,15 +373,18 @@ class Generator(Actor):
         current_job_id.set(None)
         self._report(outcome)
 
-    async def _watch_process(self, worker: WorkerHandle) -> None:
+    async def _watch_process(self, worker: WorkerLink) -> None:
         code = await worker.wait()
         if self._expected_exit or self._stopping or worker is not self.worker:
             return
         raise WorkerCrashed(
-            pid=worker.pid, exit_code=code, job_id=self._job.job_id if self._job else None
+            pid=worker.pid,
+            exit_code=code,
+            job_id=self._job.job_id if self._job else None,
+            place=worker.place,
         )
 
-    async def _watchdog(self, worker: WorkerHandle) -> None:
+    async def _watchdog(self, worker: WorkerLink) -> None:
         period = min(1.0, self._stall_timeout / 4)
         while worker is self.worker and worker.returncode is None:
             await anyio.sleep(period)

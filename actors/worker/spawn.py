@@ -15,8 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 from anyio.abc import Process
@@ -26,7 +28,7 @@ from actors.worker.channel import AsyncChannel, ChannelClosed
 from actors.worker.protocol import Failed, Ready, Shutdown, WorkerMessage
 from supervisor.core.exceptions import ProtocolError, WorkerStartFailed
 
-__all__ = ["WorkerHandle", "WorkerLaunch", "spawn_worker"]
+__all__ = ["SpawnWorker", "WorkerHandle", "WorkerLaunch", "WorkerLink", "spawn_worker"]
 
 _LOG_TAIL_BYTES = 2000
 
@@ -50,6 +52,37 @@ class WorkerLaunch:
         return cmd
 
 
+class WorkerLink(Protocol):
+    """What a generator holds of its worker, wherever it runs: a child process here
+    (`WorkerHandle`) or a process in a Ray actor on some node (`RayWorkerHandle`)."""
+
+    @property
+    def ready(self) -> Ready: ...
+    @property
+    def log_path(self) -> Path: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def place(self) -> str:
+        """Where the worker runs, for people: empty for a child process of this server."""
+        ...
+
+    async def send(self, msg: BaseModel) -> None: ...
+    async def receive(self) -> WorkerMessage: ...
+    def kill(self) -> None: ...
+    def signal(self, signum: signal.Signals) -> None: ...
+    async def wait(self) -> int: ...
+    async def shutdown(self, grace_s: float = 5.0) -> int: ...
+    async def aclose(self) -> None: ...
+    def log_tail(self) -> str: ...
+
+
+# Starts a worker and answers it once it is Ready (`spawn_worker`, or a `RaySpawner`).
+SpawnWorker = Callable[[WorkerLaunch], Awaitable[WorkerLink]]
+
+
 class WorkerHandle:
     """A running worker: its process, its channel and the `Ready` it sent."""
 
@@ -68,6 +101,10 @@ class WorkerHandle:
     @property
     def returncode(self) -> int | None:
         return self.process.returncode
+
+    @property
+    def place(self) -> str:
+        return ""
 
     async def send(self, msg: BaseModel) -> None:
         await self.channel.send(msg)

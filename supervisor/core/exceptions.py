@@ -12,7 +12,7 @@ and keeps it as attributes, so handlers read facts rather than parse messages::
     │   └── ActorCrashedError(actor=, cause=)
     ├── WorkerError(pid=)
     │   ├── WorkerStartFailed(pid=, reason=)
-    │   ├── WorkerCrashed(pid=, exit_code=, job_id=)
+    │   ├── WorkerCrashed(pid=, exit_code=, job_id=, place=)
     │   ├── WorkerHung(pid=, silent_s=, job_id=)
     │   └── ProtocolError(pid=, detail=)
     ├── UnsupportedOption(option=, value=, device=, reason=)
@@ -127,7 +127,9 @@ class WorkerStartFailed(WorkerError):
 class WorkerCrashed(WorkerError):
     """The worker process died (a signal, or an exit nobody asked for)."""
 
-    def __init__(self, *, pid: int | None, exit_code: int | None, job_id: str | None) -> None:
+    def __init__(
+        self, *, pid: int | None, exit_code: int | None, job_id: str | None, place: str = ""
+    ) -> None:
         self.exit_code = exit_code
         self.job_id = job_id
         how = (
@@ -136,7 +138,9 @@ class WorkerCrashed(WorkerError):
             else f"exited with code {exit_code}"
         )
         during = f" while running job {job_id}" if job_id else ""
-        super().__init__(f"worker process {pid} {how}{during}", pid=pid)
+        # `place`: where a worker not of this host ran ("in Ray actor X on 10.0.0.7").
+        where = f" {place}" if place else ""
+        super().__init__(f"worker process {pid}{where} {how}{during}", pid=pid)
 
     def report_context(self) -> dict[str, str | int | float | bool | None]:
         signal = -self.exit_code if self.exit_code is not None and self.exit_code < 0 else None

@@ -3,6 +3,8 @@ VRAM monitor, each built from the runtime's settings and parts, under OTP-style 
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -12,7 +14,8 @@ from actors.generator import Generator
 from actors.model_loader import ModelLoader
 from actors.vram.pressure import PressureThresholds
 from actors.vram_monitor import VramMonitor
-from actors.worker.spawn import WorkerLaunch
+from actors.worker.ray_spawn import RaySpawner
+from actors.worker.spawn import SpawnWorker, WorkerLaunch, spawn_worker
 from supervisor.core.settings import Settings
 from supervisor.runtime.device_parts import DeviceParts
 from supervisor.supervision.child_spec import ChildSpec, RestartType
@@ -20,7 +23,7 @@ from supervisor.supervision.child_spec import ChildSpec, RestartType
 if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
 
-__all__ = ["default_child_specs", "vram_monitor", "worker_launch"]
+__all__ = ["default_child_specs", "vram_monitor", "worker_launch", "worker_spawner"]
 
 
 def _spec(settings: Settings, child_id: str, start: Callable[[], Actor], **kw: Any) -> ChildSpec:
@@ -50,6 +53,16 @@ def worker_launch(rt: Runtime, parts: DeviceParts | None = None) -> WorkerLaunch
     )
 
 
+def worker_spawner(settings: Settings) -> SpawnWorker:
+    """How this server starts its workers: child processes, or Ray actors (`executor`)."""
+    if settings.executor == "local":
+        return spawn_worker
+    # Names unique per server on a shared cluster; a restarted worker gets the next serial.
+    return RaySpawner(
+        address=settings.ray_address, name_prefix=f"genvisor-{socket.gethostname()}-{os.getpid()}"
+    )
+
+
 def _generator(rt: Runtime, parts: DeviceParts) -> Generator:
     return Generator(
         launch=worker_launch(rt, parts),
@@ -60,6 +73,7 @@ def _generator(rt: Runtime, parts: DeviceParts) -> Generator:
         on_resolved=rt.model_resolved,
         stall_timeout=rt.settings.stall_timeout,
         cancel_grace=rt.settings.cancel_grace,
+        spawn=rt.spawn_worker,
     )
 
 

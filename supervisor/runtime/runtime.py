@@ -41,7 +41,7 @@ from supervisor.jobs.input_store import InputStore
 from supervisor.recovery.calibration import CalibrationStore
 from supervisor.recovery.diagnosis import Diagnosis, diagnose
 from supervisor.recovery.learned_strategies import LearnedStrategies
-from supervisor.runtime.children import default_child_specs
+from supervisor.runtime.children import default_child_specs, worker_spawner
 from supervisor.runtime.device_parts import DeviceParts, build_device_parts
 from supervisor.runtime.ownership import follow_owner, run_or_exit, terminate_process
 from supervisor.runtime.start_up import (
@@ -137,6 +137,7 @@ class Runtime:
         )
         self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
         self.registry = load_registry(CONFIG_DIR, [settings.models_file])
+        self.spawn_worker = worker_spawner(settings)
         self.strategies = LearnedStrategies(settings.home / "vram.sqlite3")
         if settings.clear_learned_strategies:
             self.strategies.clear()

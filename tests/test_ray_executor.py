@@ -1,0 +1,155 @@
+"""`executor = "ray"` against a real local Ray cluster (`ray start --head`, two CPUs): a job runs
+in a worker hosted by a Ray actor and produces its MP4; the actor killed through Ray mid-job is
+a worker crash, and the supervisor retries the job, which succeeds on a new actor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.runtime_harness import make_home
+from tests.server_process import ServerProcess, free_port, read_events_until, running_server
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+_KILL_ACTOR = """
+import sys, ray
+ray.init(address=sys.argv[1], namespace="genvisor", log_to_driver=False)
+names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == "genvisor" and a["name"].startswith(sys.argv[2]))
+print(names[-1])
+ray.kill(ray.get_actor(names[-1], namespace="genvisor"), no_restart=True)
+"""
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[str]:
+    """A private Ray head on this host with two CPUs and no GPU; stopped with its processes."""
+    port = free_port()
+    # Ray puts unix sockets under its temp dir: a pytest tmp_path is too long for them.
+    temp = tempfile.mkdtemp(prefix="gvray-", dir="/tmp")
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    started = threading.Event()
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ray runtime started" in line:
+                started.set()
+        started.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        if not started.wait(120) or proc.poll() is not None:
+            raise RuntimeError("ray start failed:\n" + "".join(lines[-30:]))
+        yield f"127.0.0.1:{port}"
+    finally:
+        # `ray stop` would stop every Ray cluster of the host; this one's processes are the
+        # --block process's session.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _submit(srv: ServerProcess, **params: Any) -> str:
+    body = {"prompt": "a lighthouse in the fog", "model": "tiny-wan", "seed": 5, **params}
+    answer = httpx.post(f"{srv.url}/v1/jobs", json=body, timeout=30)
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["id"]
+    return job_id
+
+
+def _until(srv: ServerProcess, job_id: str, *types: str, limit: float = 240) -> dict[str, Any]:
+    return read_events_until(
+        f"{srv.ws_url}/v1/events?since=0",
+        lambda e: e["type"] in types and e["data"].get("job_id") == job_id,
+        limit=limit,
+    )
+
+
+def test_a_job_runs_in_a_ray_actor_and_survives_the_actor_being_killed(
+    tmp_path: Path, tiny_model: Path, ray_cluster: str
+) -> None:
+    home = make_home(tmp_path, tiny_model)
+    env = {"GENVISOR_EXECUTOR": "ray", "GENVISOR_RAY_ADDRESS": ray_cluster}
+    with running_server(home, startup_timeout=120, **env) as srv:
+        read_events_until(
+            f"{srv.ws_url}/v1/events?since=0",
+            lambda e: e["type"] == "supervisor.transition" and e["data"]["to"] == "ready",
+            limit=180,
+        )
+        generator = _generator(srv)
+        assert generator["worker_place"].startswith("in Ray actor genvisor-"), generator
+        # The worker is a child of the Ray actor's process, not of the server.
+        worker = psutil.Process(generator["pid"])
+        assert "WorkerHost" in " ".join(worker.parent().cmdline())
+        assert worker.parent().pid != srv.proc.pid
+
+        first = _submit(srv, width=32, height=32, frames=5, steps=2)
+        done = _until(srv, first, "job.succeeded", "job.failed")
+        assert done["type"] == "job.succeeded", done
+        job = httpx.get(f"{srv.url}/v1/jobs/{first}").json()
+        assert Path(job["output_path"]).stat().st_size > 0
+        assert job["output_path"].endswith(".mp4")
+
+        # Long enough to be killed in its denoise loop (20 steps at 256x256x17: seconds).
+        second = _submit(srv, width=256, height=256, frames=17, steps=20)
+        read_events_until(
+            f"{srv.ws_url}/v1/events?since=0",
+            lambda e: e["type"] == "job.progress"
+            and e["data"].get("job_id") == second
+            and e["data"].get("stage") == "denoise",
+            limit=120,
+        )
+        prefix = generator["worker_place"].split()[3].rsplit("-", 1)[0]
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILL_ACTOR, ray_cluster, prefix],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert killed.returncode == 0, killed.stderr
+        retry = _until(srv, second, "job.retrying", "job.succeeded", "job.failed")
+        assert retry["type"] == "job.retrying", retry
+        assert "Ray actor" in str(retry["data"]), retry
+        done = _until(srv, second, "job.succeeded", "job.failed")
+        assert done["type"] == "job.succeeded", done
+        job = httpx.get(f"{srv.url}/v1/jobs/{second}").json()
+        assert job["attempts"] == 2, job
+        # The supervisor started a new actor (Ray's own restarts are off).
+        again = _generator(srv)
+        assert again["worker_place"] != generator["worker_place"], again
+        assert again["restarts_in_window"] == 1, again
+
+
+def _generator(srv: ServerProcess) -> dict[str, Any]:
+    state = httpx.get(f"{srv.url}/v1/state", timeout=30).json()
+    child: dict[str, Any] = next(c for c in state["children"] if c["id"] == "generator")
+    return child
