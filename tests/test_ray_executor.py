@@ -35,7 +35,7 @@ ray.kill(ray.get_actor(names[-1], namespace="genvisor"), no_restart=True)
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
     """A private Ray head on this host with two CPUs and no GPU; stopped with its processes."""
     port = free_port()
@@ -67,8 +67,8 @@ def ray_cluster() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         # `ray stop` would stop every Ray cluster of the host; this one's processes are the
-        # --block process's session.
-        os.killpg(proc.pid, signal.SIGTERM)
+        # --block process's session, and SIGINT is its own way out (it stops its children).
+        os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -147,6 +147,31 @@ def test_a_job_runs_in_a_ray_actor_and_survives_the_actor_being_killed(
         again = _generator(srv)
         assert again["worker_place"] != generator["worker_place"], again
         assert again["restarts_in_window"] == 1, again
+
+
+def test_a_gpu_device_on_a_cluster_without_gpus_is_refused_with_what_it_has(
+    tmp_path: Path, tiny_model: Path, ray_cluster: str
+) -> None:
+    """Ray would keep an actor that asks for a GPU no node has pending for ever: the worker's
+    start fails at once and says what the cluster has."""
+    home = make_home(tmp_path, tiny_model)
+    env = {
+        "GENVISOR_EXECUTOR": "ray",
+        "GENVISOR_RAY_ADDRESS": ray_cluster,
+        "GENVISOR_DEVICES": "cuda:0",
+        "GENVISOR_WORKER_MAX_RESTARTS": "0",
+    }
+    with running_server(home, startup_timeout=120, **env) as srv:
+        read_events_until(
+            f"{srv.ws_url}/v1/events?since=0",
+            lambda e: e["type"] == "supervisor.transition" and e["data"]["to"] == "halted",
+            limit=120,
+        )
+        state = httpx.get(f"{srv.url}/v1/state", timeout=30).json()
+        child = next(c for c in state["children"] if c["id"] == "generator:cuda:0")
+        message = child["last_error"]["message"]
+        assert f"the Ray cluster at {ray_cluster} has no GPU for device cuda:0" in message
+        assert "(it has: CPU 2)" in message
 
 
 def _generator(srv: ServerProcess) -> dict[str, Any]:

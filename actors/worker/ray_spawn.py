@@ -38,6 +38,7 @@ __all__ = ["RAY_NAMESPACE", "RaySpawner", "RayWorkerHandle"]
 # Actors of every genvisor server live here; each server's names start with its own prefix.
 RAY_NAMESPACE = "genvisor"
 _CONNECT_TIMEOUT_S = 30.0
+_SHOWN = ("CPU", "GPU")
 _init_lock = threading.Lock()
 
 
@@ -144,6 +145,17 @@ class RaySpawner:
 
     async def __call__(self, launch: WorkerLaunch) -> RayWorkerHandle:
         await anyio.to_thread.run_sync(_connect, self.address)
+        # An actor asking for what no node has would wait for ever (Ray keeps it pending): a
+        # cluster without the kind of device asked for is refused at once, with what it has.
+        totals = await anyio.to_thread.run_sync(_cluster_resources)
+        kind = "GPU" if launch.device.startswith("cuda") else "CPU"
+        if totals.get(kind, 0.0) < 1:
+            have = ", ".join(f"{k} {v:g}" for k, v in sorted(totals.items()) if k in _SHOWN)
+            raise WorkerStartFailed(
+                pid=None,
+                reason=f"the Ray cluster at {self.address or 'this host'} has no {kind} for "
+                f"device {launch.device} (it has: {have or 'nothing'})",
+            )
         name = f"{self.name_prefix}-{launch.device}-{next(self._serial)}"
         token = secrets.token_bytes(TOKEN_BYTES)
         actor = await anyio.to_thread.run_sync(_create_actor, launch, token, name)
@@ -205,6 +217,13 @@ def _connect(address: str) -> None:
             configure_logging=False,
             **private,
         )
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    totals = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return {str(k): float(v) for k, v in totals.items()}
 
 
 def _resources(device: str) -> dict[str, Any]:

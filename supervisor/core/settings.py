@@ -160,10 +160,6 @@ class Settings(BaseSettings):
     # A Ray cluster's address ("10.0.0.5:6379", or "auto" for the cluster this host belongs
     # to); empty with executor = "ray" starts a private local one.
     ray_address: str = ""
-    # How a Ray worker finds its model: "shared" (every node sees this server's paths: one
-    # host, or GENVISOR_HOME and the cache on a shared file system), or "node" (each node
-    # keeps the models in its own Hugging Face cache and pulls what it lacks there).
-    ray_model_cache: Literal["shared", "node"] = "shared"
 
     @field_validator("api_token")
     @classmethod
