@@ -42,8 +42,18 @@ def ray_cluster() -> Iterator[str]:
     # Ray puts unix sockets under its temp dir: a pytest tmp_path is too long for them.
     temp = tempfile.mkdtemp(prefix="gvray-", dir="/tmp")
     proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -123,9 +133,11 @@ def test_a_job_runs_in_a_ray_actor_and_survives_the_actor_being_killed(
         second = _submit(srv, width=256, height=256, frames=17, steps=20)
         read_events_until(
             f"{srv.ws_url}/v1/events?since=0",
-            lambda e: e["type"] == "job.progress"
-            and e["data"].get("job_id") == second
-            and e["data"].get("stage") == "denoise",
+            lambda e: (
+                e["type"] == "job.progress"
+                and e["data"].get("job_id") == second
+                and e["data"].get("stage") == "denoise"
+            ),
             limit=120,
         )
         prefix = generator["worker_place"].split()[3].rsplit("-", 1)[0]

@@ -180,9 +180,7 @@ class RaySpawner:
         return RayWorkerHandle(actor, name, address, channel, ready, launch.log_path)
 
 
-async def _await_ready(
-    channel: AsyncChannel, actor: Any, pid: int, launch: WorkerLaunch
-) -> Ready:
+async def _await_ready(channel: AsyncChannel, actor: Any, pid: int, launch: WorkerLaunch) -> Ready:
     try:
         with anyio.fail_after(launch.ready_timeout):
             msg = await channel.receive()
