@@ -4,6 +4,7 @@ a worker crash, and the supervisor retries the job, which succeeds on a new acto
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,11 +18,15 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from hub_server import Fault, FaultKind, HubServer
+from models_fixtures import MODEL, REPO_ID, hub, hub_session, tiny_dir
 
 from tests.runtime_harness import make_home
 from tests.server_process import ServerProcess, free_port, read_events_until, running_server
 
 pytestmark = pytest.mark.slow
+
+__all__ = ["hub", "hub_session", "tiny_dir"]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -36,11 +41,20 @@ ray.kill(ray.get_actor(names[-1], namespace="genvisor"), no_restart=True)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """A private Ray head on this host with two CPUs and no GPU; stopped with its processes."""
-    port = free_port()
+def node_dirs() -> Path:
+    """The Ray node's own data folder and Hugging Face cache (`ray_model_cache = "node"`)."""
     # Ray puts unix sockets under its temp dir: a pytest tmp_path is too long for them.
-    temp = tempfile.mkdtemp(prefix="gvray-", dir="/tmp")
+    return Path(tempfile.mkdtemp(prefix="gvray-", dir="/tmp"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(node_dirs: Path) -> Iterator[str]:
+    """A private Ray head on this host with two CPUs and no GPU, whose processes see their own
+    GENVISOR_HOME and HF cache (as another host would); stopped with its processes."""
+    port = free_port()
+    temp = node_dirs / "ray"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENVISOR_", "HF_"))}
+    env |= {"GENVISOR_HOME": str(node_dirs / "home"), "HF_HUB_CACHE": str(node_dirs / "hf")}
     proc = subprocess.Popen(
         [
             RAY,
@@ -58,6 +72,7 @@ def ray_cluster() -> Iterator[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env=env,
     )
     started = threading.Event()
     lines: list[str] = []
@@ -184,6 +199,50 @@ def test_a_gpu_device_on_a_cluster_without_gpus_is_refused_with_what_it_has(
         message = child["last_error"]["message"]
         assert f"the Ray cluster at {ray_cluster} has no GPU for device cuda:0" in message
         assert "(it has: CPU 2)" in message
+
+
+def test_each_node_makes_the_model_available_in_its_own_cache(
+    tmp_path: Path, tiny_model: Path, ray_cluster: str, node_dirs: Path, hub: HubServer
+) -> None:
+    """`ray_model_cache = "node"`: the server resolves the model on its host (its own cache);
+    the node hosting the worker pulls the same model into its own cache through genvisor's pull
+    (the loopback Hub sees a second download), and rebuilds a tiny build in its own home."""
+    home = make_home(tmp_path, tiny_model)
+    env = {
+        "GENVISOR_EXECUTOR": "ray",
+        "GENVISOR_RAY_ADDRESS": ray_cluster,
+        "GENVISOR_RAY_MODEL_CACHE": "node",
+        "GENVISOR_HF_ENDPOINT": hub.endpoint,
+        "GENVISOR_HF_CACHE_DIR": str(tmp_path / "server-hf"),
+        "GENVISOR_DOWNLOAD_BACKOFF_BASE": "0.01",
+    }
+    with running_server(home, startup_timeout=120, **env) as srv:
+        pulled = httpx.post(f"{srv.url}/v1/models/{MODEL}/pull?wait=true", timeout=120)
+        assert pulled.status_code == 202, pulled.text
+        # The node's first pull fails for good (every retry answered 500): the job's load
+        # fails once, with the Hub's error.
+        hub.add_fault(Fault(FaultKind.STATUS_500, path="model_index.json", method="GET", times=5))
+        failing = _submit(srv, model=MODEL, width=32, height=32, frames=5, steps=2)
+        done = _until(srv, failing, "job.succeeded", "job.failed")
+        assert done["type"] == "job.failed", done["type"]
+        assert done["data"]["error"]["code"] == "NET.SERVER_ERROR", json.dumps(done["data"])
+        assert "(model_index.json): the Hub answered HTTP 500" in done["data"]["error"]["message"]
+        # The worker never saw that job's Generate (dropped with its failed Load): the next
+        # job on the same worker is answered as its own.
+        hub_job = _submit(srv, model=MODEL, width=32, height=32, frames=5, steps=2)
+        done = _until(srv, hub_job, "job.succeeded", "job.failed")
+        assert done["type"] == "job.succeeded", json.dumps(done["data"])
+        repo = "models--" + REPO_ID.replace("/", "--")
+        assert list((tmp_path / "server-hf" / repo / "snapshots").glob("*/model_index.json"))
+        assert list((node_dirs / "hf" / repo / "snapshots").glob("*/model_index.json"))
+        # The server's pull, the node's failing tries, then the node's own pull.
+        assert len(hub.gets("model_index.json")) >= 3
+
+        tiny_job = _submit(srv, width=32, height=32, frames=5, steps=2)
+        done = _until(srv, tiny_job, "job.succeeded", "job.failed")
+        assert done["type"] == "job.succeeded", done
+        assert (node_dirs / "home" / "models" / "tiny-wan" / "model_index.json").is_file()
+        assert _generator(srv)["restarts_in_window"] == 0  # one worker served all three
 
 
 def _generator(srv: ServerProcess) -> dict[str, Any]:

@@ -27,16 +27,22 @@ import hmac
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
+from actors.worker.channel import MAX_FRAME_BYTES
+from actors.worker.node_models import NodeModels
+from actors.worker.protocol import Failed, Load, decode_control, encode_message
 from actors.worker.spawn import WorkerLaunch
+from supervisor.errors.report import ErrorReport, Stage
 
 __all__ = ["TOKEN_BYTES", "WorkerHost", "node_device"]
 
 TOKEN_BYTES = 32
-_CHUNK = 1 << 16
+_HEADER = struct.Struct(">I")
 
 
 def node_device(device: str) -> str:
@@ -48,8 +54,11 @@ def node_device(device: str) -> str:
 class WorkerHost:
     """One worker process and the relay between its channel and the control process."""
 
-    def __init__(self, launch: WorkerLaunch, token: bytes) -> None:
+    def __init__(
+        self, launch: WorkerLaunch, token: bytes, node_models: NodeModels | None = None
+    ) -> None:
         self._token = token
+        self._node_models = node_models
         launch = dataclasses.replace(
             launch, python=sys.executable, device=node_device(launch.device)
         )
@@ -121,11 +130,57 @@ class WorkerHost:
             return
 
     def _relay(self, conn: socket.socket) -> None:
+        # Invariant: frames are copied whole, and every write to the control side holds
+        # `to_control`: a `Failed` this actor writes itself never lands inside a worker frame.
+        to_control = threading.Lock()
         down = threading.Thread(
-            target=_copy, args=(conn, self._worker_end), name="ray-host.to-worker", daemon=True
+            target=self._to_worker,
+            args=(conn, self._worker_end, to_control),
+            name="ray-host.to-worker",
+            daemon=True,
         )
         down.start()
-        _copy(self._worker_end, conn)
+        _copy_frames(self._worker_end, conn, to_control, lambda frame: frame)
+
+    def _to_worker(
+        self, conn: socket.socket, worker: socket.socket, to_control: threading.Lock
+    ) -> None:
+        """Frames from the control side to the worker; with `node_models`, a `Load` gets this
+        node's path of its model.
+
+        Invariant (the worker's own, see `actors.worker.main`): the control side sends Load
+        then Generate without waiting; a Load that fails here is answered with one `Failed`
+        and the Generate that follows it is dropped, so the job fails once."""
+        drop_generate = False
+
+        def localize(frame: bytes) -> bytes | None:
+            nonlocal drop_generate
+            if self._node_models is None:
+                return frame
+            msg = decode_control(frame)
+            if isinstance(msg, Load):
+                try:
+                    local = self._node_models.localize(msg.model_name, msg.model_path)
+                except Exception as exc:
+                    report = ErrorReport.from_exception(
+                        exc,
+                        stage=Stage.LOAD,
+                        device=msg.options.device,
+                        context={"model": msg.model_name},
+                    )
+                    _send_frame(
+                        conn, to_control, encode_message(Failed(job_id=None, report=report))
+                    )
+                    drop_generate = True
+                    return None
+                drop_generate = False
+                return encode_message(msg.model_copy(update={"model_path": local}))
+            if msg.kind == "generate" and drop_generate:
+                drop_generate = False
+                return None
+            return frame
+
+        _copy_frames(conn, worker, threading.Lock(), localize)
 
     def _reap(self) -> None:
         self._process.wait()
@@ -135,18 +190,37 @@ class WorkerHost:
         self._listener.close()
 
 
-def _copy(source: socket.socket, sink: socket.socket) -> None:
-    """Bytes from `source` to `sink` until either side ends; then ends both directions."""
+def _copy_frames(
+    source: socket.socket,
+    sink: socket.socket,
+    lock: threading.Lock,
+    transform: Callable[[bytes], bytes | None],
+) -> None:
+    """Frames from `source` to `sink` (each through `transform`; None drops it) until either
+    side ends or a frame is malformed; then ends both directions of both."""
     try:
-        while chunk := source.recv(_CHUNK):
-            sink.sendall(chunk)
-    except OSError:
+        while header := _read_exactly(source, _HEADER.size):
+            (length,) = _HEADER.unpack(header)
+            if len(header) < _HEADER.size or length > MAX_FRAME_BYTES:
+                break
+            frame = _read_exactly(source, length)
+            if len(frame) < length:
+                break
+            out = transform(frame)
+            if out is not None:
+                _send_frame(sink, lock, out)
+    except (OSError, ValueError):
         pass
     for sock in (source, sink):
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _send_frame(sink: socket.socket, lock: threading.Lock, frame: bytes) -> None:
+    with lock:
+        sink.sendall(_HEADER.pack(len(frame)) + frame)
 
 
 def _read_exactly(conn: socket.socket, size: int) -> bytes:

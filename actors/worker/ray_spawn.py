@@ -28,6 +28,7 @@ import anyio
 from pydantic import BaseModel
 
 from actors.worker.channel import AsyncChannel, ChannelClosed
+from actors.worker.node_models import NodeModels
 from actors.worker.protocol import Failed, Ready, Shutdown, WorkerMessage
 from actors.worker.ray_host import TOKEN_BYTES, WorkerHost
 from actors.worker.spawn import WorkerLaunch
@@ -138,9 +139,13 @@ class RayWorkerHandle:
 class RaySpawner:
     """Starts workers as Ray actors; one per server (its names share `name_prefix`)."""
 
-    def __init__(self, *, address: str, name_prefix: str) -> None:
+    def __init__(
+        self, *, address: str, name_prefix: str, node_models: NodeModels | None = None
+    ) -> None:
         self.address = address
         self.name_prefix = name_prefix
+        # Set: each node makes the models available in its own cache (ray_model_cache="node").
+        self.node_models = node_models
         self._serial = count(1)
 
     async def __call__(self, launch: WorkerLaunch) -> RayWorkerHandle:
@@ -158,7 +163,7 @@ class RaySpawner:
             )
         name = f"{self.name_prefix}-{launch.device}-{next(self._serial)}"
         token = secrets.token_bytes(TOKEN_BYTES)
-        actor = await anyio.to_thread.run_sync(_create_actor, launch, token, name)
+        actor = await anyio.to_thread.run_sync(_create_actor, launch, token, name, self.node_models)
         try:
             with anyio.fail_after(launch.ready_timeout):
                 address, port, pid = await anyio.to_thread.run_sync(
@@ -228,7 +233,9 @@ def _resources(device: str) -> dict[str, Any]:
     return {"num_gpus": 1, "num_cpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
 
 
-def _create_actor(launch: WorkerLaunch, token: bytes, name: str) -> Any:
+def _create_actor(
+    launch: WorkerLaunch, token: bytes, name: str, node_models: NodeModels | None
+) -> Any:
     import ray
 
     remote_host = ray.remote(WorkerHost)
@@ -240,7 +247,7 @@ def _create_actor(launch: WorkerLaunch, token: bytes, name: str) -> Any:
         # endpoint, wait_exit, send_signal and log_tail are served while wait_exit blocks.
         max_concurrency=4,
         **_resources(launch.device),
-    ).remote(launch, token)
+    ).remote(launch, token, node_models)
 
 
 def _endpoint(actor: Any) -> tuple[str, int, int]:

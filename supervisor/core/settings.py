@@ -32,7 +32,15 @@ from pydantic_settings import (
 
 from supervisor.core.exceptions import ConfigError
 
-__all__ = ["CONFIG_DIR", "SHIPPED_CONFIG_DIR", "Settings", "config_path", "load_settings"]
+__all__ = [
+    "CONFIG_DIR",
+    "SHIPPED_CONFIG_DIR",
+    "Settings",
+    "UnknownSetting",
+    "config_path",
+    "load_settings",
+    "unknown_environment",
+]
 
 # The config shipped with genvisor is package data (`supervisor/config`, a link to the top-level
 # `config/` in a checkout, real files in a wheel): found the same way installed or not.
@@ -160,6 +168,10 @@ class Settings(BaseSettings):
     # A Ray cluster's address ("10.0.0.5:6379", or "auto" for the cluster this host belongs
     # to); empty with executor = "ray" starts a private local one.
     ray_address: str = ""
+    # Where a Ray worker finds its model: "shared" (the server's own paths: one host, or the
+    # home and the cache on a file system every node mounts at the same path), or "node"
+    # (each node pulls what it lacks into its own Hugging Face cache and rebuilds tiny builds).
+    ray_model_cache: Literal["shared", "node"] = "shared"
 
     @field_validator("api_token")
     @classmethod
@@ -298,6 +310,54 @@ def _fields_known() -> frozenset[str]:
     return frozenset(Settings.model_fields)
 
 
+def _did_you_mean(name: str, known: frozenset[str]) -> str | None:
+    """The known name closest to `name` (a typo, another case, a prefix away), if any is."""
+    import difflib
+
+    lowered = name.lower().removeprefix("genvisor_")
+    if lowered in known:
+        return lowered
+    close = difflib.get_close_matches(lowered, sorted(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+class UnknownSetting(ConfigError):
+    """A settings file names a setting genvisor does not have: the name is blamed (with the
+    nearest known one), not the value."""
+
+    def __init__(self, *, key: str, value: object, source: str) -> None:
+        super().__init__(key=key, value=value, allowed="a known setting", source=source)
+        self.suggestion = _did_you_mean(key, _fields_known())
+        where = f" in {source}" if source else ""
+        hint = (
+            f" — did you mean {self.suggestion}?"
+            if self.suggestion
+            else " (`genvisor docs` lists every setting)"
+        )
+        self.args = (f"unknown setting {key}{where}{hint}",)
+
+
+# GENVISOR_* variables that are not settings but are read by genvisor all the same.
+_OTHER_VARIABLES = frozenset({"GENVISOR_URL", "GENVISOR_DEBUG", "GENVISOR_CONFIG_DIR"})
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each `GENVISOR_*` variable that names no setting (it would be ignored),
+    with the nearest known name: `GENVISOR_PROT` → did you mean GENVISOR_PORT?"""
+    env = os.environ if environ is None else environ
+    others = {v.removeprefix("GENVISOR_").lower() for v in _OTHER_VARIABLES}
+    known = _fields_known() | others
+    warnings = []
+    for name in sorted(env):
+        rest = name[len("GENVISOR_") :]
+        if not name.upper().startswith("GENVISOR_") or rest.lower() in known:
+            continue
+        guess = _did_you_mean(rest, known)
+        hint = f" — did you mean GENVISOR_{guess.upper()}?" if guess else ""
+        warnings.append(f"{name} is not a genvisor setting and is ignored{hint}")
+    return warnings
+
+
 def load_settings(
     config_file: Path | None = None,
     *,
@@ -312,12 +372,7 @@ def load_settings(
         data = _read_toml(path)
         for key, value in data.items():
             if key not in _fields_known():
-                raise ConfigError(
-                    key=key,
-                    value=value,
-                    allowed=f"a known setting ({', '.join(sorted(_fields_known()))})",
-                    source=str(path),
-                )
+                raise UnknownSetting(key=key, value=value, source=str(path))
             merged[key] = value
             sources[key] = str(path)
     for key in overrides or {}:
@@ -341,7 +396,26 @@ def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigErr
     if top in _SECRET_FIELDS:
         # A secret is never printed, not even a refused one: only its length.
         value = _Hidden(len(value) if isinstance(value, str) else 0)
-    return ConfigError(key=key, value=value, allowed=first["msg"], source=source)
+    return ConfigError(key=key, value=value, allowed=_plain(first["msg"], value), source=source)
+
+
+_LIBRARY_PREFIXES = ("Value error, ", "Assertion failed, ")
+_CHOICE = re.compile(r"'([^']*)'")
+
+
+def _plain(message: str, value: object) -> str:
+    """A validation message in genvisor's words: no library prefix ("Value error, "), "must
+    be" for pydantic's "Input should be", and the nearest choice for a mistyped one."""
+    for prefix in _LIBRARY_PREFIXES:
+        message = message.removeprefix(prefix)
+    if message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
+        choices = _CHOICE.findall(message)
+        if choices and isinstance(value, str):
+            guess = _did_you_mean(value, frozenset(choices))
+            if guess is not None and guess != value:
+                message += f" — did you mean {guess}?"
+    return message
 
 
 _SECRET_FIELDS = frozenset({"api_token", "hf_token"})

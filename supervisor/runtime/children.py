@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 from actors.actor import Actor
 from actors.generator import Generator
 from actors.model_loader import ModelLoader
+from actors.models.pull import HubAccess
+from actors.models.registry import ModelRegistry
 from actors.vram.pressure import PressureThresholds
 from actors.vram_monitor import VramMonitor
+from actors.worker.node_models import NodeModels
 from actors.worker.ray_spawn import RaySpawner
 from actors.worker.spawn import SpawnWorker, WorkerLaunch, spawn_worker
 from supervisor.core.settings import Settings
@@ -53,13 +56,20 @@ def worker_launch(rt: Runtime, parts: DeviceParts | None = None) -> WorkerLaunch
     )
 
 
-def worker_spawner(settings: Settings) -> SpawnWorker:
+def worker_spawner(settings: Settings, registry: ModelRegistry) -> SpawnWorker:
     """How this server starts its workers: child processes, or Ray actors (`executor`)."""
     if settings.executor == "local":
         return spawn_worker
+    node_models = (
+        NodeModels(tuple(registry.entries()), HubAccess.from_settings(settings))
+        if settings.ray_model_cache == "node"
+        else None
+    )
     # Names unique per server on a shared cluster; a restarted worker gets the next serial.
     return RaySpawner(
-        address=settings.ray_address, name_prefix=f"genvisor-{socket.gethostname()}-{os.getpid()}"
+        address=settings.ray_address,
+        name_prefix=f"genvisor-{socket.gethostname()}-{os.getpid()}",
+        node_models=node_models,
     )
 
 

@@ -137,7 +137,7 @@ class Runtime:
         )
         self.bus = EventBus(self.journal, buffer=settings.subscriber_buffer)
         self.registry = load_registry(CONFIG_DIR, [settings.models_file])
-        self.spawn_worker = worker_spawner(settings)
+        self.spawn_worker = worker_spawner(settings, self.registry)
         self.strategies = LearnedStrategies(settings.home / "vram.sqlite3")
         if settings.clear_learned_strategies:
             self.strategies.clear()
