@@ -25,6 +25,9 @@ each part's figures read from the job's events and stored result. The parts:
   latents with tiling (``decode_only`` changes) without denoising again.
 - ``two_experts``: Wan 2.2 A14B's shape (the tiny two-expert builds): a text job, an image job
   from a first frame and a first-last-frame job, each with the expert of every denoising step.
+- ``expert_offload``: the expert-offload rung's mechanism (`keep_active_expert_only`): the
+  tiny two-expert model with both experts on the GPU, then with only the active one there; the
+  device of each expert after every step, and each run's peak (skipped on a CPU).
 
 With ``--device cpu`` the same flow runs here (a smoke test of the script: there is no CUDA
 out-of-memory and the offload rungs do not apply on a CPU). Prints progress on stderr and one
@@ -64,7 +67,7 @@ WIDE_BF16_BYTES = 1 * GiB
 WIDE_LAYERS = 32
 UNPROFILED = "tiny-wan-unprofiled"
 WIDE = "wide-wan"
-PARTS = ("tiny_wan", "oom_ladder", "decode_only", "two_experts")
+PARTS = ("tiny_wan", "oom_ladder", "decode_only", "two_experts", "expert_offload")
 
 _PROBE = r"""
 import json, sys, time
@@ -103,6 +106,34 @@ if device.type == "cuda":
     out["nvml_saw_alloc_mib"] = round((before["nvml_free"] - after["nvml_free"]) / 2**20, 1)
     out["torch_saw_alloc_mib"] = round((before["torch_free"] - after["torch_free"]) / 2**20, 1)
     del block
+print(json.dumps(out))
+"""
+
+
+_EXPERT_OFFLOAD = r"""
+import json, sys
+import torch
+from actors.worker.pipeline_host import PipelineHost, experts
+from supervisor.core.params import Dtype, PipelineClass, PipelineOptions
+path, device = sys.argv[1], torch.device(sys.argv[2])
+out = {}
+for swap in (False, True):
+    host = PipelineHost()
+    options = PipelineOptions(device=sys.argv[2], dtype=Dtype.BFLOAT16, two_experts=True,
+                              expert_offload=swap)
+    host.ensure(__import__("pathlib").Path(path), options, PipelineClass.WAN)
+    pipe = host.require()
+    seen = []
+    def where(_pipe, step, _t, kwargs):
+        seen.append([str(next(e.parameters()).device) for e in experts(pipe)])
+        return kwargs
+    torch.cuda.reset_peak_memory_stats(device)
+    pipe(prompt="a lighthouse", height=64, width=64, num_frames=5, num_inference_steps=6,
+         guidance_scale=1.0, callback_on_step_end=where, output_type="np")
+    out["swap" if swap else "both"] = {"peak_bytes": torch.cuda.max_memory_allocated(device),
+                                      "experts_after_each_step": seen}
+    del host, pipe
+    torch.cuda.empty_cache()
 print(json.dumps(out))
 """
 
@@ -325,6 +356,25 @@ async def _two_experts(root: Path, device: str) -> dict[str, Any]:
     return {"dtype": (out["t2v"]["options_used"] or {}).get("dtype"), **out}
 
 
+async def _expert_offload(root: Path, device: str) -> dict[str, Any]:
+    """The expert-offload rung's mechanism on the device: tiny-wan-a14b loaded with both
+    experts resident, then with only the active one (the other parked in host memory), the
+    device of each expert after every step and the peak of each run."""
+    if not device.startswith("cuda"):
+        return {"skipped": "a GPU rung: on a CPU both experts share host memory"}
+    model = root / "experts-offload" / "tiny-wan-a14b"
+    cmd = [sys.executable, "-m", "actors.worker.tiny_rebuild", str(model), "a14b"]
+    await anyio.run_process(cmd, cwd=ROOT)
+    done = await anyio.run_process(
+        [sys.executable, "-c", _EXPERT_OFFLOAD, str(model), device], cwd=ROOT, check=False
+    )
+    if done.returncode:
+        return {"error": done.stderr.decode(errors="replace")[-1500:]}
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    progress(f"expert offload: {json.dumps(result)[:400]}")
+    return result
+
+
 async def _part(figures: dict[str, Any], name: str, coro: Any) -> None:
     started = time.perf_counter()
     progress(f"== {name}")
@@ -363,6 +413,8 @@ async def main(device: str, warm: int, ladder_cap: str | None, parts: set[str]) 
             await _part(figures, "decode_only", _decode_only(root, tiny, device, decode_cap))
         if "two_experts" in parts:
             await _part(figures, "two_experts", _two_experts(root, device))
+        if "expert_offload" in parts:
+            await _part(figures, "expert_offload", _expert_offload(root, device))
     figures["total_s"] = round(time.perf_counter() - started, 1)
     return figures
 

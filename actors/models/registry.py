@@ -94,6 +94,8 @@ class ModelEntry(_Strict):
     size_multiple: Literal[16, 32] = 16
     # A local model that is a tiny build (`make-tiny --variant`): what repair rebuilds it as.
     tiny_variant: Literal["t2v", "i2v", "a14b", "a14b-i2v", "ti2v"] | None = None
+    # Denoisers: 2 for Wan 2.2 A14B (a high-noise and a low-noise expert), else 1.
+    experts: Literal[1, 2] = 1
     defaults: GenerationDefaults
     limits: ParamLimits
     memory: MemoryProfile

@@ -26,7 +26,7 @@ from diffusers import WanImageToVideoPipeline, WanPipeline
 from actors.worker.protocol import Dtype, Offload, PipelineClass, PipelineOptions
 from supervisor.core.exceptions import UnsupportedOption
 
-__all__ = ["LoadResult", "PipelineHost", "experts", "torch_dtype"]
+__all__ = ["LoadResult", "PipelineHost", "experts", "keep_active_expert_only", "torch_dtype"]
 
 _DTYPES = {
     Dtype.FLOAT32: torch.float32,
@@ -50,8 +50,41 @@ def experts(pipe: Any) -> list[Any]:
     return [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
 
 
+def keep_active_expert_only(pipe: Any, device: torch.device, park: str = "cpu") -> None:
+    """Every component on `device` except the second expert, which waits in host memory; each
+    expert moves itself onto the device as it is called and sends the other one back first, so
+    at most one expert is ever on the device (what ComfyUI and Wan2GP do for Wan 2.2 A14B).
+
+    Invariant: a high-noise step never runs after the first low-noise one (diffusers'
+    boundary), so a job swaps once; the next job starts with the low-noise expert on the
+    device and swaps back at its first step."""
+    first, second = experts(pipe)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module) and component is not second:
+            component.to(device)
+    second.to(park)
+
+    def onload(active: Any, idle: Any) -> Any:
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            if next(idle.parameters()).device.type != park:
+                idle.to(park)
+            if next(active.parameters()).device != device:
+                active.to(device)
+
+        return hook
+
+    first.register_forward_pre_hook(onload(first, second), with_kwargs=True)
+    second.register_forward_pre_hook(onload(second, first), with_kwargs=True)
+
+
 def _structural(options: PipelineOptions) -> tuple[object, ...]:
-    return (options.dtype, options.device, options.layerwise_fp8, options.offload)
+    return (
+        options.dtype,
+        options.device,
+        options.layerwise_fp8,
+        options.offload,
+        options.expert_offload,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +99,13 @@ def check_supported(options: PipelineOptions) -> None:
     if options.device.startswith("cuda") and not torch.cuda.is_available():
         raise UnsupportedOption(
             option="device", value=options.device, device="this machine", reason="no CUDA device"
+        )
+    if options.expert_offload and not options.device.startswith("cuda"):
+        raise UnsupportedOption(
+            option="expert_offload",
+            value="true",
+            device=options.device,
+            reason="on the CPU both experts already live in host memory",
         )
     if options.offload is not Offload.NONE and not options.device.startswith("cuda"):
         raise UnsupportedOption(
@@ -162,7 +202,13 @@ class PipelineHost:
                 expert.enable_layerwise_casting(
                     storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype
                 )
-        if options.offload is Offload.NONE:
+        if options.offload is Offload.NONE and options.expert_offload and len(experts(pipe)) == 2:
+            device = torch.device(options.device)
+            if device.index is None:
+                # Parameters report "cuda:0", never "cuda": the hooks compare with the index.
+                device = torch.device("cuda", torch.cuda.current_device())
+            keep_active_expert_only(pipe, device)
+        elif options.offload is Offload.NONE:
             pipe.to(options.device)
         elif options.offload is Offload.MODEL:
             pipe.enable_model_cpu_offload(device=options.device)

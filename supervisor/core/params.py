@@ -83,6 +83,11 @@ class PipelineOptions(FrozenModel):
     vae_slicing: bool = False
     layerwise_fp8: bool = False
     offload: Offload = Offload.NONE
+    # The model has two experts (Wan 2.2 A14B: `transformer` then `transformer_2`), from its
+    # registry entry; only then does the expert-offload rung apply.
+    two_experts: bool = False
+    # Only the active expert on the device; the idle one waits in host memory (GPU only).
+    expert_offload: bool = False
 
 
 class GenerationParams(FrozenModel):

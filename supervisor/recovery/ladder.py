@@ -34,6 +34,7 @@ __all__ = [
     "Ladder",
     "Rung",
     "RungId",
+    "applies",
     "apply_rung",
     "apply_up_to",
     "device_kind",
@@ -50,6 +51,7 @@ class RungId(StrEnum):
     FREE_CACHES = "free_caches"
     VAE_TILING = "vae_tiling"
     LAYERWISE_FP8 = "layerwise_fp8"
+    EXPERT_OFFLOAD = "expert_offload"
     MODEL_OFFLOAD = "model_offload"
     GROUP_OFFLOAD = "group_offload"
     SEQUENTIAL_OFFLOAD = "sequential_offload"
@@ -72,6 +74,7 @@ class _OptionChanges(BaseModel):
     vae_tiling: bool | None = None
     vae_slicing: bool | None = None
     layerwise_fp8: bool | None = None
+    expert_offload: bool | None = None
     offload: Offload | None = None
 
 
@@ -227,6 +230,11 @@ def _changes(
     """(option updates, param updates, words) of `rung` from this state; None if it changes
     nothing. The free-caches rung always applies: its change is the retry itself."""
     opt = {k: v for k, v in rung.options.items() if getattr(options, k) != v}
+    if opt.get("expert_offload") and (
+        not options.two_experts or options.offload is not Offload.NONE
+    ):
+        # One expert has nothing to swap out, and an offload already moves each one by itself.
+        del opt["expert_offload"]
     par: dict[str, Any] = {}
     words = rung.description
     if rung.frames_factor is not None:

@@ -119,7 +119,9 @@ class MemoryAccounting:
                 base,
                 what="calibrated estimate",
             )
-        return estimate_peak(profile, weights, options, params)
+        # An image job encodes its condition (a stage of its own) and holds it in denoise.
+        image = job.inputs is not None and job.inputs.image is not None
+        return estimate_peak(profile, weights, options, params, image=image)
 
     def calibrate(
         self, job: Job, options: PipelineOptions, params: GenerationParams, growth: int

@@ -45,8 +45,10 @@ from supervisor.core.settings import config_path
 from supervisor.errors.report import Stage
 from supervisor.recovery.ladder import (
     AppliedChange,
+    DeviceKind,
     Rung,
     RungId,
+    applies,
     apply_rung,
     apply_up_to,
     device_kind,
@@ -86,6 +88,13 @@ class MemoryProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     denoise_bytes_per_position: float = Field(gt=0)
     decode_bytes_per_pixel: float = Field(gt=0)
+    # Image jobs: the VAE encode of the conditioning video (the first frame, zeros, and the
+    # last frame for first-last-frame), bytes per input pixel per dtype byte; None: 6/7 of
+    # decode (ComfyUI's Wan VAE: 6000 to encode, 7000 to decode, comfy/sd.py).
+    encode_bytes_per_pixel: float | None = Field(default=None, gt=0)
+    # Wan 2.2 TI2V-5B (expand_timesteps) encodes the first frame alone, not a whole video:
+    # ComfyUI counts 1500 instead of 6000 for four frames or fewer.
+    encode_first_frame_only: bool = False
     decode_tile: int = Field(default=256, ge=16)
     output_copies: float = Field(default=2.0, ge=0)
     overhead_bytes: int = Field(default=0, ge=0)
@@ -177,6 +186,43 @@ def load_peak(weights: ModelWeights, options: PipelineOptions) -> int:
     return resident + largest
 
 
+_EXPERTS = ("transformer", "transformer_2")
+# Latent channels of Wan's VAE (2.1): the image condition adds a mask (4) and the encoded
+# conditioning video (16) to each latent position during denoise.
+_CONDITION_CHANNELS = 20
+
+
+def _denoise_weights(
+    weights: ModelWeights, options: PipelineOptions, profile: MemoryProfile
+) -> int:
+    """Weights on the device while the denoiser runs: everything without offload (both
+    experts of a two-expert model), all but the smaller expert when only the active one is
+    kept, and the larger expert alone under an offload that moves each model by itself."""
+    experts = [_resident(weights, [name], options, profile) for name in _EXPERTS]
+    if options.offload is not Offload.NONE:
+        return max(experts)
+    everything = _resident(weights, list(weights.components), options, profile)
+    if options.expert_offload and all(experts):
+        return everything - min(experts)
+    return everything
+
+
+def _image_encode(
+    profile: MemoryProfile, options: PipelineOptions, params: GenerationParams
+) -> tuple[int, int]:
+    """(activation bytes, input video bytes) of the VAE encode of an image job's condition."""
+    size = DTYPE_BYTES[options.dtype]
+    h, w, tile = params.height, params.width, profile.decode_tile
+    pixels = min(h, tile) * min(w, tile) if options.vae_tiling else h * w
+    per_pixel = profile.encode_bytes_per_pixel or profile.decode_bytes_per_pixel * 6 / 7
+    frames = 1 if profile.encode_first_frame_only else params.num_frames
+    if profile.encode_first_frame_only:
+        per_pixel /= 4
+    # The VAE runs in float32 (pipeline_host); the conditioning video is built at that dtype.
+    video = 3 * frames * h * w * 4
+    return math.ceil(per_pixel * pixels * size), video
+
+
 def estimate_peak(
     profile: MemoryProfile,
     weights: ModelWeights,
@@ -184,7 +230,9 @@ def estimate_peak(
     params: GenerationParams,
     *,
     overhead: int | None = None,
+    image: bool = False,
 ) -> Estimate:
+    """`image`: the job starts from an image (its condition is encoded, then held in denoise)."""
     size = DTYPE_BYTES[options.dtype]
     overhead = profile.overhead_bytes if overhead is None else overhead
     positions = ((params.num_frames - 1) // 4 + 1) * (params.height // 8) * (params.width // 8)
@@ -194,22 +242,30 @@ def estimate_peak(
     pixels = min(h, tile) * min(w, tile) if options.vae_tiling else h * w
     decode_feature = math.ceil(profile.decode_bytes_per_pixel * pixels * size)
     output = math.ceil(3 * params.num_frames * h * w * 4 * profile.output_copies)
-    everything = list(weights.components)
-    # Under model offload only the component in use is on the device; otherwise all of them.
+    denoise_w = _denoise_weights(weights, options, profile)
+    # Under model offload only the component in use is on the device; otherwise all but an
+    # expert waiting in host memory.
     if options.offload is Offload.NONE:
-        denoise_w = decode_w = _resident(weights, everything, options, profile)
+        decode_w = encode_w = denoise_w
     else:
-        denoise_w = _resident(weights, ["transformer"], options, profile)
         decode_w = _resident(weights, ["vae"], options, profile)
-    denoise_act = math.ceil(denoise_feature * profile.denoise_scale)
+        encode_w = _resident(weights, ["vae", "image_encoder"], options, profile)
+    condition = _CONDITION_CHANNELS * positions * 4 if image else 0
+    denoise_act = math.ceil(denoise_feature * profile.denoise_scale) + condition
     decode_act = math.ceil((decode_feature + output) * profile.decode_scale) - output
     by_stage = {
         Stage.DENOISE: denoise_w + denoise_act + overhead,
         Stage.DECODE: decode_w + decode_act + output + overhead,
     }
+    encode_act = video = 0
+    if image:
+        encode_act, video = _image_encode(profile, options, params)
+        by_stage[Stage.IMAGE_ENCODE] = encode_w + encode_act + video + overhead
     stage = max(by_stage, key=lambda s: by_stage[s])
     if stage is Stage.DENOISE:
         weights_at, act, out = denoise_w, denoise_act, 0
+    elif stage is Stage.IMAGE_ENCODE:
+        weights_at, act, out = encode_w, encode_act, video
     else:
         weights_at, act, out = decode_w, decode_act, output
     return Estimate(
@@ -257,6 +313,9 @@ class Refusal:
     last_rung: RungId | None
     estimate: Estimate
     tried: tuple[RungId | None, ...]
+    # Rungs that would have changed this job on a GPU and are not tried on this device (on a
+    # CPU: the offloads, and keeping one expert of two on the device).
+    not_here: tuple[RungId, ...] = ()
 
     @property
     def available(self) -> int:
@@ -265,10 +324,16 @@ class Refusal:
     @property
     def message(self) -> str:
         at = f"even at the last rung ({self.last_rung.value})" if self.last_rung else "as asked"
+        skipped = (
+            "; GPU only, not tried here: " + ", ".join(r.value for r in self.not_here)
+            if self.not_here
+            else ""
+        )
         return (
             f"needs ~{format_bytes(self.needed)} {at}, peaking at "
             f"{self.estimate.needed_stage.value}; {format_bytes(self.free)} free minus a "
             f"{format_bytes(self.reserve)} reserve leaves {format_bytes(self.available)}"
+            f"{skipped}"
         )
 
 
@@ -310,6 +375,21 @@ def choose_rung(
         rung_id = job.start_at
     kind = device_kind(options.device)
     tried: list[RungId | None] = []
+
+    def refused(needed: int, estimate: Estimate) -> Refusal:
+        # Invariant: a refusal says which rungs it did not try for the device's sake, so a
+        # person on a CPU knows a GPU would have had more room to move (the planner says so).
+        not_here = tuple(
+            r.id
+            for r in ladder
+            if kind not in r.devices
+            and r.id is not RungId.FREE_CACHES
+            and applies(r, DeviceKind.CUDA, job.allow_output_changes, job.options, job.params)
+        )
+        return Refusal(
+            needed, free_bytes, reserve, rung_id, estimate, tuple(tried), not_here=not_here
+        )
+
     while True:
         estimate = estimate_fn(options, params)
         tried.append(rung_id)
@@ -318,7 +398,7 @@ def choose_rung(
         if estimate.load > budget:
             # No rung lowers a CPU load (ladder.helps_at): walking them would change the job
             # for nothing and refuse anyway.
-            return Refusal(estimate.needed, free_bytes, reserve, rung_id, estimate, tuple(tried))
+            return refused(estimate.needed, estimate)
         rung = next_rung(
             ladder, rung_id, kind, job.allow_output_changes, options=options, params=params
         )
@@ -328,7 +408,7 @@ def choose_rung(
                 ladder, rung.id, kind, job.allow_output_changes, options=options, params=params
             )
         if rung is None:
-            return Refusal(estimate.needed, free_bytes, reserve, rung_id, estimate, tuple(tried))
+            return refused(estimate.needed, estimate)
         options, params, change = apply_rung(
             options, params, rung, cause=_preflight_cause(estimate, budget)
         )

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,9 @@ class Runtime:
     async def submit(self, job: Job) -> Job:
         """Commit the job, then wake the supervisor: durable before anyone is told it exists.
         The commit runs on the store's thread; the loop goes on meanwhile."""
+        two = job.model in self.registry and self.registry.get(job.model).experts == 2
+        if two != job.options.two_experts:
+            job = replace(job, options=job.options.model_copy(update={"two_experts": two}))
         position = await self.store.submit_and_place(job)
         self.bus.publish(ev.JobQueued(job_id=job.id, position=position or 0))
         self.supervisor.tell_nowait(JobSubmitted(job.id))
