@@ -17,9 +17,10 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = ["FORMATS", "ImageFacts", "ImageRejected", "inspect_image"]
 
-# Invariant: `max_pixels` is checked on every header before a decode, so Pillow's own global
-# bomb check (which raises on open, without the size in words) is not needed in this process.
-Image.MAX_IMAGE_PIXELS = None
+# Invariant: `max_pixels` is checked on every header before a decode. Pillow's own bomb check
+# (`Image.MAX_IMAGE_PIXELS`, process-wide) is left as the host process set it: genvisor may be
+# embedded in another app, whose images are none of its business. Above twice that limit Pillow
+# refuses on open, which `inspect_image` reports as the same refusal.
 
 # Pillow's format name -> the name the API answers.
 FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
@@ -52,7 +53,7 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageFacts:
         with warnings.catch_warnings():
             # Should another module set Pillow's limit back, its warning must not escape here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(FORMATS)) as image:
+            with _open(data) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise _too_many(width, height, max_pixels)
@@ -74,6 +75,19 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageFacts:
     if orientation in _QUARTER_TURNS:
         width, height = height, width
     return ImageFacts(format=fmt, width=width, height=height, mode=mode)
+
+
+def _open(data: bytes) -> Image.Image:
+    """`Image.open` for the three formats, minus Pillow's process-wide bomb check: the size is
+    checked against `max_pixels` right after the header is read, and said in words."""
+    Image.init()
+    for name in FORMATS:
+        factory, accept = Image.OPEN[name]
+        # An `accept` answers True, False, or a string when the format is known but its codec
+        # is missing (Pillow then names it): only True is this format.
+        if accept is None or accept(data[:16]) is True:
+            return factory(io.BytesIO(data), "")
+    raise UnidentifiedImageError("not a PNG, JPEG or WebP image")
 
 
 def _too_many(width: int, height: int, max_pixels: int) -> ImageRejected:
