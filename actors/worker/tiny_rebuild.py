@@ -11,6 +11,10 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    from transformers.utils import logging as hf_logging
+
+    # As `genvisor models make-tiny`: no note about torchvision's faster image processor.
+    hf_logging.set_verbosity_error()
     from actors.worker.tiny_variants import TinyVariant, build_tiny_variant
 
     variant = TinyVariant(argv[1]) if len(argv) > 1 else TinyVariant.T2V

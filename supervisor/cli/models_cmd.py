@@ -102,7 +102,12 @@ def _make_tiny(args: argparse.Namespace, out: Path) -> int:
     if args.variant == "t2v":
         build = build_tiny_wan(out, seed=args.seed, overwrite=not args.if_missing, ffn_dim=ffn_dim)
     else:
-        # Only the image shapes need transformers' CLIP classes (and their import-time notes).
+        # Only the image shapes need transformers' CLIP classes. Without torchvision,
+        # transformers 5 notes at their first import that it uses the PIL image processor:
+        # the same processor for a tiny build, and a line a person would read as a problem.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
         from actors.worker.tiny_variants import TinyVariant, build_tiny_variant
 
         variant = TinyVariant(args.variant)
