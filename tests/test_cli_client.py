@@ -190,6 +190,11 @@ def test_bad_value_is_one_clear_line_and_queues_nothing(server: ServerProcess) -
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("genvisor: invalid frames=6:")
     assert "4k+1" in lines[0]
+    assert "Value error" not in lines[0]  # no library prefix
+    assert lines[0].endswith("(nearest: 5 or 9)")
+    r = cli("generate", "a boat", "--width", "33", "--url", server.url)
+    said = "genvisor: invalid width=33: must be a multiple of 16 (nearest: 32 or 48)"
+    assert r.stderr.strip() == said
     r = cli("generate", "a boat", "--width", "33", "--model", "no-such", "--url", server.url)
     assert r.returncode == 1
     assert r.stderr.startswith("genvisor: invalid")

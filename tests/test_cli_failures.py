@@ -129,16 +129,20 @@ def test_pull_from_a_hub_without_file_metadata(tmp_path: Path, tiny_model: Path)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_first_generate_in_a_fresh_home_says_how_to_get_the_model(tmp_path: Path) -> None:
-    """The default model was never built here: the command itself says which command builds
-    it (not only `jobs show --json`), under a specific code, never "Something went wrong"."""
+def test_first_generate_of_a_model_never_built_says_how_to_build_it(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """The model asked for was never built here: the command itself says which command builds
+    it (not only `jobs show --json`), under a specific code, never "Something went wrong".
+    (The default model, tiny-wan, is built by `serve` itself: see test_cli_fresh_home.)"""
+    from tests.runtime_harness import make_home
     from tests.server_process import running_server
 
-    home = tmp_path / "home"
+    home = make_home(tmp_path, tiny_model)
     with running_server(home) as server:
         result = subprocess.run(
-            [GENVISOR, "generate", "a lighthouse", "--width", "32", "--height", "32",
-             "--frames", "5", "--steps", "2", "--out", str(tmp_path / "out.mp4")],
+            [GENVISOR, "generate", "a lighthouse", "--model", "tiny-wan-a14b", "--width", "32",
+             "--height", "32", "--frames", "5", "--steps", "2", "--out", str(tmp_path / "o.mp4")],
             env=server_env(home, GENVISOR_URL=server.url),
             capture_output=True,
             text=True,
@@ -149,7 +153,7 @@ def test_first_generate_in_a_fresh_home_says_how_to_get_the_model(tmp_path: Path
     assert "Traceback" not in words
     assert "UNKNOWN.ERROR" not in words
     assert "[MODEL." in words
-    assert "genvisor models make-tiny" in words
+    assert "genvisor models make-tiny --variant a14b" in words
 
 
 def test_global_options_are_taken_after_the_command_too(

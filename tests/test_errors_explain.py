@@ -113,6 +113,57 @@ def test_a_load_on_a_cpu_says_what_it_needs_and_what_the_cap_leaves() -> None:
     assert "now 1.5 GiB" in user.suggestions[0]
 
 
+def _refusal(message: str) -> UserError:
+    """A pre-flight refusal as the job flow explains it (supervisor/supervision/job_flow.py)."""
+    report = ErrorReport(
+        exc_type="supervisor.recovery.memory.PreflightRefused",
+        message=f"not enough memory: {message}",
+        stage=Stage.LOAD,
+        device="cpu",
+        job_id="j1",
+    )
+    verdict = (
+        default_categorizer()
+        .categorize(report)
+        .__class__.of(ErrorCode.VRAM_EXHAUSTED, rule="preflight")
+    )
+    return explain(report, verdict, facts={"width": 1280, "height": 1280})
+
+
+def test_a_refusal_says_its_numbers_and_a_size_that_could_fit() -> None:
+    user = _refusal(
+        "needs ~13.8 GiB even at the last rung (fewer_steps), peaking at decode; 1.1 GiB free "
+        "minus a 256.0 MiB reserve leaves 896.1 MiB"
+    )
+    assert "13.8 GiB" in user.message  # the estimate
+    assert "896.1 MiB" in user.message  # what the limit leaves
+    assert "1.1 GiB free, less a 256.0 MiB reserve" in user.message
+    assert "peaking at decode" in user.message
+    assert "fewer steps" in user.message  # the ladder was walked to its end
+    text = " ".join(user.suggestions)
+    # sqrt(896.1 MiB / 13.8 GiB) x 1280 = 321: the size, on Wan's multiple, that could fit.
+    assert "320x320 or less (now 1280x1280)" in text
+    assert "14B" not in text  # the model may be tiny: no advice about Wan's big variants
+    assert "GPU" not in text
+    assert "CPU offload" not in text
+    assert "VAE tiling" not in text  # the ladder tried it already
+    assert "device_memory_limit" in text
+
+
+def test_a_refusal_at_load_suggests_no_size() -> None:
+    user = _refusal(
+        "needs ~3.0 GiB as asked, peaking at load; 1.1 GiB free minus a 256.0 MiB reserve "
+        "leaves 896.1 MiB"
+    )
+    assert "3.0 GiB" in user.message
+    assert "896.1 MiB" in user.message
+    text = " ".join(user.suggestions)
+    assert "resolution" not in text
+    assert "frames" not in text
+    assert "device_memory_limit" in text
+    assert "smaller model" in text
+
+
 def test_html_escapes_every_user_and_error_string() -> None:
     report = ErrorReport(
         exc_type="OSError",

@@ -192,3 +192,34 @@ def test_a_capped_cuda_oom_with_its_reserve_in_pieces_is_fragmentation() -> None
         exc_type="torch.OutOfMemoryError", message=text, stage=Stage.DENOISE, device="cuda:0"
     )
     assert explain(report).code == ErrorCode.VRAM_FRAGMENTED
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        # Python 2's WindowsError keeps the number, whatever the language of the words.
+        ("WindowsError: [Error 32] The process cannot access the file", ErrorCode.FS_IN_USE),
+        ("WindowsError: [Error 5] Zugriff verweigert: 'C:\\\\x'", ErrorCode.FS_PERMISSION),
+        # A lazy module (diffusers, transformers) names itself without quotes: a version too old.
+        (
+            "AttributeError: module diffusers has no attribute WanPipeline",
+            ErrorCode.CONFIG_INCOMPATIBLE_VERSIONS,
+        ),
+        # PyTorch's asynchronous CUDA allocator says no more than this.
+        ("!!! Exception during processing !!! Allocation on device", ErrorCode.VRAM_EXHAUSTED),
+        # diffusers' from_pretrained on a folder that lacks a component of the pipeline.
+        (
+            "Pipeline <class 'X'> expected {'vae', 'tokenizer'}, but only {'vae'} were passed.",
+            ErrorCode.MODEL_LOAD_FAILED,
+        ),
+        # CUDA's invalid kernel image: kernels built for other GPUs, in every library's words.
+        (
+            "CUDA_ERROR_INVALID_IMAGE: device kernel image is invalid",
+            ErrorCode.CONFIG_UNSUPPORTED_HARDWARE,
+        ),
+    ],
+)
+def test_library_phrases_and_numbers_that_generalize(text: str, code: ErrorCode) -> None:
+    from supervisor.errors import report_from_text
+
+    assert default_categorizer().categorize(report_from_text(text)).code is code

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from supervisor.errors.validation_words import plain_field_message
+
 __all__ = ["error_lines", "print_api_error", "print_user_error"]
 
 
@@ -18,7 +20,8 @@ def _field_line(error: Mapping[str, Any]) -> str:
     field = error.get("field", "?")
     value = error.get("value")
     shown = f"{field}={value!r}" if value is not None else str(field)
-    return f"genvisor: invalid {shown}: {error.get('message', 'not valid')}"
+    words = plain_field_message(str(error.get("message") or "not valid"), value)
+    return f"genvisor: invalid {shown}: {words}"
 
 
 def error_lines(status: int, body: Any) -> list[str]:

@@ -5,7 +5,28 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["whole_number"]
+__all__ = ["HelpWithDefaults", "whole_number"]
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """`--help` shows each option's default, unless its help already says it (or it has none:
+    None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+            or text == argparse.SUPPRESS
+        ):
+            return action.help
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default: {shown})"
 
 
 def whole_number(minimum: int, unit: str = "") -> Callable[[str], int]:

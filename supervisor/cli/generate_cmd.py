@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from supervisor.cli.api_error_output import print_api_error, print_user_error
+from supervisor.cli.argument_types import HelpWithDefaults
 from supervisor.cli.event_stream import EventFollower
 from supervisor.cli.server_client import (
     add_url_argument,
@@ -32,8 +33,54 @@ __all__ = ["register", "run"]
 TERMINAL = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 
 
+# Options whose default is the model's own (its registry entry's `defaults`).
+_MODEL_DEFAULTS = {
+    "width": "width",
+    "height": "height",
+    "frames": "num_frames",
+    "steps": "steps",
+    "guidance": "guidance_scale",
+    "fps": "fps",
+}
+
+
+def _model_defaults() -> tuple[str, dict[str, object]] | None:
+    """The default model of the local settings and its defaults (read only for `--help`)."""
+    try:
+        from actors.models.registry import load_registry
+        from supervisor.core.settings import CONFIG_DIR, load_settings
+
+        settings = load_settings()
+        entry = load_registry(CONFIG_DIR, [settings.models_file]).get(settings.default_model)
+    except Exception:  # noqa: BLE001 - help still prints, without the figures
+        return None
+    return entry.name, entry.defaults.model_dump()
+
+
+class _GenerateHelp(HelpWithDefaults):
+    """The size, frames, steps, ... options default to the model's own values: `--help` says
+    so, with the default model's figures (the registry is read only when help is shown)."""
+
+    _known: tuple[str, dict[str, object]] | None = None
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        key = _MODEL_DEFAULTS.get(action.dest)
+        if key is None:
+            return super()._get_help_string(action)
+        if _GenerateHelp._known is None:
+            _GenerateHelp._known = _model_defaults() or ("", {})
+        model, defaults = _GenerateHelp._known
+        value = defaults.get(key)
+        figure = f"; {value} for {model}" if model and value is not None else ""
+        return f"{action.help} (default: the model's own{figure})"
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("generate", help="generate a video on the running server and save it")
+    p = sub.add_parser(
+        "generate",
+        help="generate a video on the running server and save it",
+        formatter_class=_GenerateHelp,
+    )
     p.add_argument("prompt", help="what the video shows")
     p.add_argument("--model", help="model name (default: the server's default model)")
     p.add_argument("--width", type=int, help="width in pixels (a multiple of 16)")

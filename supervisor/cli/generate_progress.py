@@ -44,6 +44,7 @@ class JobProgressView:
         )
         self.task: TaskID = self.progress.add_task("queued", total=params.get("steps"))
         self.stage = "queued"
+        self._started = False
         size = f"{params.get('width')}x{params.get('height')}x{params.get('num_frames')}"
         self.console.print(
             f"job {job_id}: {model}, {size}, {params.get('steps')} steps, seed {params.get('seed')}"
@@ -83,6 +84,7 @@ class JobProgressView:
                 + (f" ({options})" if options else "")
             )
             self.progress.reset(self.task, description="load")
+            self._started = True
         elif kind == "job.progress":
             self._progress(data)
         elif kind == "job.retrying":
@@ -101,9 +103,17 @@ class JobProgressView:
                 + (f" with changes: {changes}" if changes else "")
             )
         elif kind == "job.failed":
+            self._hide_unstarted_bar()
             out.print("[red]failed[/]")
         elif kind == "job.cancelled":
+            self._hide_unstarted_bar()
             out.print("[yellow]cancelled[/]")
+
+    def _hide_unstarted_bar(self) -> None:
+        """A job that ended before it started (refused by pre-flight, cancelled while waiting)
+        leaves no empty "queued 0/2 steps" bar under its last words."""
+        if not self._started:
+            self.progress.update(self.task, visible=False)
 
     def _progress(self, data: dict[str, Any]) -> None:
         stage = str(data.get("stage"))

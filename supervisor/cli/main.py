@@ -8,8 +8,9 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from supervisor.cli.argument_types import HelpWithDefaults
 from supervisor.cli.failure_output import report_failure
 from supervisor.core.exceptions import ConfigError, HomeInUse, PortInUse, ServerUnavailable
 
@@ -32,6 +33,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 class _OneLineErrors(argparse.ArgumentParser):
     """A misuse is one line (what is wrong, where help is), not the usage block; sub-parsers
     inherit the class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
@@ -82,9 +87,18 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _warn_unknown_environment() -> None:
+    from supervisor.core.settings import unknown_environment
+
+    for warning in unknown_environment():
+        print(f"genvisor: warning: {warning}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "serve":  # the server logs them as it starts
+        _warn_unknown_environment()
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import math
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from supervisor.cli.models_store_cmds import holding_home
 from supervisor.core.exceptions import PortInUse
 from supervisor.core.home_lock import HomeLock
+from supervisor.core.settings import Settings
 
 __all__ = ["EXIT_FATAL", "check_port_free", "register"]
 
@@ -27,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from supervisor.core.settings import load_settings
+    from supervisor.core.settings import load_settings, unknown_environment
     from supervisor.core.structured_logging import configure_logging
 
     overrides: dict[str, Any] = {}
@@ -37,18 +41,22 @@ def run(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     settings = load_settings(Path(args.config) if args.config else None, overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
+    for warning in unknown_environment():
+        logging.getLogger("genvisor.settings").warning("%s", warning)
     # Who owns the data folder first (a second genvisor there is refused before anything
     # else), then the port; only then are the stores opened (create_app claims the folder).
     probe = HomeLock(settings.home)
     probe.acquire()
     probe.release()
     check_port_free(settings.host, settings.port)
+    _default_model_ready(settings)
     # Imported only now: a refused second start answers without loading the web stack.
     import uvicorn
 
     from supervisor.api.app import create_app
 
     app = create_app(settings)
+    _degrade_if_default_model_cannot_run(app)
     app.state.genvisor.home_lock.describe(url=f"http://{_url_host(settings.host)}:{settings.port}")
     config = uvicorn.Config(
         app,
@@ -64,6 +72,45 @@ def run(args: argparse.Namespace) -> int:
     if app.state.genvisor.fatal is not None:
         return EXIT_FATAL
     return 0 if server.started else 1
+
+
+def _default_model_ready(settings: Settings) -> None:
+    """A fresh home: the default model (tiny-wan) is built before the server starts, so that
+    the first job runs. A build that fails leaves the server to start degraded, saying why."""
+    from actors.models.model_errors import ModelUnavailable
+    from supervisor.runtime.start_up import build_default_model_if_missing
+
+    log = logging.getLogger("genvisor.serve")
+    with holding_home(settings.home):
+        try:
+            built = build_default_model_if_missing(settings)
+        except ModelUnavailable as exc:
+            log.warning("the default model could not be built: %s", exc)
+            return
+    if built:
+        log.info("%s", built)
+
+
+def _degrade_if_default_model_cannot_run(app: Any) -> None:
+    """Beside the app's lifespan: once serving, a default model that cannot run (its build
+    failed, a Hub model never pulled) makes the server degraded, saying why and what fixes it."""
+    from contextlib import asynccontextmanager
+
+    import anyio
+
+    from supervisor.runtime.start_up import degrade_if_default_model_cannot_run
+
+    lifespan = app.router.lifespan_context
+    runtime = app.state.genvisor
+
+    @asynccontextmanager
+    async def with_model_check(a: Any) -> AsyncIterator[None]:
+        async with lifespan(a), anyio.create_task_group() as tg:
+            tg.start_soon(degrade_if_default_model_cannot_run, runtime)
+            yield
+            tg.cancel_scope.cancel()
+
+    app.router.lifespan_context = with_model_check
 
 
 def _url_host(host: str) -> str:

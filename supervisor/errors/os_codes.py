@@ -7,6 +7,7 @@ captured `errno`) or from the text in each form libraries print it:
 
     [Errno 28] No space left on device          (Python's OSError)
     [WinError 32] The process cannot access ...  (Python's OSError on Windows)
+    WindowsError: [Error 32] The process ...     (Python 2 on Windows)
     (os error 10054)                             (Rust's std::io::Error, e.g. tokenizers, hf-xet)
     ConnectionResetError(10054, 'An existing ...' (an exception's repr inside another message)
     OSError(30, 'Read-only file system')
@@ -107,7 +108,8 @@ BUILTIN_OS_ERRNOS: dict[str, int] = {
 
 _WSA_FIRST = 10000
 _POSIX_LAST = 133  # the highest errno Linux defines
-_WINERROR_RE = re.compile(r"\[winerror (\d+)\]")
+# `[WinError 32]`, and Python 2's `WindowsError: [Error 32]` (old tools still print it).
+_WINERROR_RE = re.compile(r"\[winerror (\d+)\]|windowserror: \[error (\d+)\]")
 _ERRNO_RE = re.compile(r"\[errno (-?\d+)\]|\(?errno (\d+)\)?|\(os error (\d+)\)")
 # The repr of a builtin OSError (sub)class: `ConnectionResetError(10054, '...'`.
 _REPR_RE = re.compile(
@@ -129,10 +131,11 @@ def errno_of(report: ErrorReport, lowered: str) -> int | None:
 
 def os_error_code(report: ErrorReport, lowered: str) -> tuple[ErrorCode, str] | None:
     """The code an OS error number in the report or its text implies, with the rule's name."""
-    if "winerror" in lowered:
+    if "winerror" in lowered or "windowserror" in lowered:
         found = _WINERROR_RE.search(lowered)
-        if found and int(found.group(1)) in WINERROR_CODES:
-            return WINERROR_CODES[int(found.group(1))], f"winerror:{found.group(1)}"
+        number = int(found.group(1) or found.group(2)) if found else None
+        if number in WINERROR_CODES:
+            return WINERROR_CODES[number], f"winerror:{number}"
     number = _number(report, lowered)
     if number is None:
         return None

@@ -137,6 +137,11 @@ _REPO_URL = re.compile(r"huggingface\.co/(?:api/models/)?([\w.\-]+/[\w.\-]+)/")
 _URL = re.compile(r"for url: (https?://[^\s)]+)")
 _HEIGHT_WIDTH = re.compile(r"divisible by (\d+) but are (\d+) and (\d+)")
 _MULTIPLE = re.compile(r"(?:divisible by|multiple of) (\d+)")
+# genvisor's own pre-flight refusal (supervisor/recovery/preflight.py, Refusal.message).
+_PREFLIGHT = re.compile(
+    r"needs ~" + _SIZE + r" (?:as asked|even at the last rung \(([a-z0-9_]+)\)), peaking at "
+    r"([a-z_]+); " + _SIZE + r" free minus an? " + _SIZE + r" reserve leaves " + _SIZE
+)
 
 
 def parse_size(number: str, unit: str) -> int:
@@ -155,11 +160,14 @@ def format_bytes(value: int | float) -> str:
 def extract_facts(message: str) -> dict[str, object]:
     """Facts stated by `message` (case-insensitive). Keys: requested_bytes, free_bytes,
     total_bytes, reserved_unallocated_bytes, device_index, path, repo_id, url, height, width,
-    multiple."""
+    multiple; of a pre-flight refusal: estimate_bytes, peak_stage, last_rung, budget_free_bytes,
+    reserve_bytes, available_bytes."""
     low = message.lower()
     facts: dict[str, object] = {}
     if "allocate" in low:
         _memory_facts(low, facts)
+    if "needs ~" in low and " reserve leaves " in low:
+        _preflight_facts(low, facts)
     if "file path: " in low:
         found = _FILE_PATH.search(message, low.index("file path: "))
         if found:
@@ -210,6 +218,21 @@ def is_fragmented(facts: dict[str, object]) -> bool:
 def _size_of(pattern: re.Pattern[str], low: str) -> int | None:
     found = pattern.search(low)
     return parse_size(found.group(1), found.group(2)) if found is not None else None
+
+
+def _preflight_facts(low: str, facts: dict[str, object]) -> None:
+    """The numbers of a pre-flight refusal: the estimate, the stage it peaks at, what the
+    budget holds (free less the reserve) and, when the whole ladder was walked, its last rung."""
+    found = _PREFLIGHT.search(low)
+    if found is None:
+        return
+    facts["estimate_bytes"] = parse_size(found.group(1), found.group(2))
+    if found.group(3):
+        facts["last_rung"] = found.group(3)
+    facts["peak_stage"] = found.group(4)
+    facts["budget_free_bytes"] = parse_size(found.group(5), found.group(6))
+    facts["reserve_bytes"] = parse_size(found.group(7), found.group(8))
+    facts["available_bytes"] = parse_size(found.group(9), found.group(10))
 
 
 def _memory_facts(low: str, facts: dict[str, object]) -> None:

@@ -10,6 +10,7 @@ rewrites what the error stated.
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -34,7 +35,17 @@ _BYTE_FACTS = {
     "free_bytes": "free",
     "total_bytes": "total",
     "memory_limit_bytes": "memory_limit",
+    # A pre-flight refusal's numbers (traceback_text._preflight_facts).
+    "estimate_bytes": "estimate",
+    "available_bytes": "available",
+    "budget_free_bytes": "budget_free",
+    "reserve_bytes": "reserve",
 }
+# Memory savings the VRAM ladder applies itself: after a refusal that walked the whole ladder
+# they were tried already, so they are not suggested.
+_LADDER_SUGGESTIONS = ("enable_vae_tiling", "enable_cpu_offload")
+# A size suggested after a refusal: sides are multiples of this (every Wan model's multiple).
+_FIT_MULTIPLE = 32
 
 
 class TechnicalDetails(BaseModel):
@@ -105,11 +116,14 @@ def explain(
     values = _template_values(report, verdict, facts or {})
     entry = book.entry(verdict.code)
     done = set(applied)
+    if values.get("last_rung") is not None:
+        done.update(_LADDER_SUGGESTIONS)
     kind = CategorizationContext.from_report(report).device_kind
+    stage = _suggestion_stage(report, values)
     suggestions = [
         render(s.text, values)
         for s in entry.suggestions
-        if s.id not in done and s.fits(kind, report.stage)
+        if s.id not in done and s.fits(kind, stage)
     ]
     # One of genvisor's own exceptions knows the exact next step (the command to run) and the
     # specific reason: they replace the catalog's general words, which may not apply (a Hub
@@ -151,6 +165,10 @@ def _template_values(
         raw = values.get(key)
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             values[name] = format_bytes(raw)
+    _fitting_size(values)
+    rung = values.get("last_rung")
+    if isinstance(rung, str):
+        values["last_rung"] = rung.replace("_", " ")
     values.setdefault("device", _device_label(values, report))
     if values.get("device") is None:
         values.pop("device")
@@ -165,6 +183,45 @@ def _template_values(
     if values.get("model") is None and values.get("repo_id") is not None:
         values["model"] = values["repo_id"]
     return values
+
+
+def _suggestion_stage(report: ErrorReport, values: Mapping[str, object]) -> Stage:
+    """The stage suggestions are chosen for: a pre-flight refusal is reported at load (before
+    anything ran), but what to change is what its estimate peaks at."""
+    peak = values.get("peak_stage")
+    if isinstance(peak, str):
+        try:
+            return Stage(peak)
+        except ValueError:
+            pass
+    return report.stage
+
+
+def _fitting_size(values: dict[str, object]) -> None:
+    """After a pre-flight refusal: the largest resolution (same aspect) that could fit. Every
+    term of the estimate is constant (weights, a VAE tile) or grows with the pixel count
+    (activations, the decoded video), so it shrinks at most in proportion to the pixels: the
+    refused size scaled by the budget's share of the estimate is an upper bound, not a promise.
+    Nothing when the load itself does not fit (no size helps then) or when no size would."""
+    estimate, available = values.get("estimate_bytes"), values.get("available_bytes")
+    width, height = values.get("width"), values.get("height")
+    if not (
+        isinstance(estimate, int)
+        and isinstance(available, int)
+        and isinstance(width, int)
+        and isinstance(height, int)
+    ):
+        return
+    if values.get("peak_stage") == Stage.LOAD.value or estimate <= 0:
+        return
+    share = available / estimate
+    if share >= 1:
+        return
+    side = math.sqrt(share)
+    fit_w = round(width * side / _FIT_MULTIPLE) * _FIT_MULTIPLE
+    fit_h = round(height * side / _FIT_MULTIPLE) * _FIT_MULTIPLE
+    if fit_w >= _FIT_MULTIPLE and fit_h >= _FIT_MULTIPLE:
+        values["fit_width"], values["fit_height"] = fit_w, fit_h
 
 
 def _device_label(values: Mapping[str, object], report: ErrorReport) -> object:

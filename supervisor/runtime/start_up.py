@@ -9,14 +9,29 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from actors.models.availability import StoreState, check_availability
+from actors.models.model_errors import ModelUnavailable
+from actors.models.registry import ModelEntry, ModelRegistry, ModelSource, load_registry
+from actors.models.repair import rebuild_local
+from actors.models.store import ModelStore, default_cache_dir
 from supervisor.bus import events as ev
+from supervisor.core.exceptions import ActorNotRunning, MailboxFull
+from supervisor.core.settings import CONFIG_DIR, Settings
 from supervisor.core.store_health import StoreHealReport
 from supervisor.supervision.messages import Degrade
 
 if TYPE_CHECKING:
     from supervisor.runtime.runtime import Runtime
 
-__all__ = ["TELEMETRY_KEY", "degrade_for_start_findings", "purge_old_jobs", "resume_interrupted"]
+__all__ = [
+    "TELEMETRY_KEY",
+    "build_default_model_if_missing",
+    "default_model_problem",
+    "degrade_for_start_findings",
+    "degrade_if_default_model_cannot_run",
+    "purge_old_jobs",
+    "resume_interrupted",
+]
 
 log = logging.getLogger("genvisor.runtime")
 
@@ -41,6 +56,79 @@ async def purge_old_jobs(rt: Runtime) -> None:
     gone = await anyio.to_thread.run_sync(rt.inputs.remove_unused, keep, time.time() - cutoff_s)
     if gone:
         log.info("removed %d uploaded inputs no kept job uses", len(gone))
+
+
+def _model_store(settings: Settings) -> ModelStore:
+    return ModelStore(settings.home, settings.hf_cache_dir or default_cache_dir())
+
+
+def _remedy(entry: ModelEntry, state: StoreState) -> str:
+    """The command that makes `entry` usable (as the model loader says it)."""
+    if entry.source is ModelSource.LOCAL:
+        variant = entry.tiny_variant
+        make = "make-tiny" if variant in (None, "t2v") else f"make-tiny --variant {variant}"
+        verb = make if state is StoreState.MISSING else f"repair {entry.name}"
+        return f"run `genvisor models {verb}`"
+    verb = "pull" if state is StoreState.MISSING else "repair"
+    return f"run `genvisor models {verb} {entry.name}`"
+
+
+def default_model_problem(settings: Settings, registry: ModelRegistry) -> str | None:
+    """Why the default model cannot run here, with the command that fixes it; None when it can
+    (or when it is not a registered model: the settings check says that). Blocking (file
+    reads, no hashes): call it from a thread in the event loop's process."""
+    name = settings.default_model
+    if name not in registry:
+        return None
+    entry = registry.get(name)
+    report = check_availability(entry, _model_store(settings))
+    if report.state is StoreState.PRESENT:
+        return None
+    if report.state is StoreState.MISSING:
+        local = entry.source is ModelSource.LOCAL
+        why = "it is not built here" if local else "it was never downloaded here"
+    else:
+        detail = f": {report.problems[0]}" if report.problems else ""
+        why = f"its files are {report.state.value}{detail}"
+    return f"the default model {name} cannot run: {why}; {_remedy(entry, report.state)}"
+
+
+def build_default_model_if_missing(settings: Settings) -> str | None:
+    """`genvisor serve` in a fresh home: a default model that is a local tiny build (tiny-wan)
+    and is missing is built now (a few seconds, in a child process: the builder imports torch).
+    Returns what was built (a sentence for the log), None when nothing was to do. A failed build
+    raises `ModelUnavailable`; the server then starts degraded with that reason."""
+    registry = load_registry(CONFIG_DIR, [settings.models_file])
+    name = settings.default_model
+    if name not in registry:
+        return None
+    entry = registry.get(name)
+    if entry.source is not ModelSource.LOCAL:
+        return None
+    store = _model_store(settings)
+    if check_availability(entry, store).state is not StoreState.MISSING:
+        return None  # present, or damaged: a repair's business, never overwritten here
+    log.info("building the default model %s here (first start; a few seconds)", name)
+    started = time.monotonic()
+    out = rebuild_local(entry, store)
+    return f"built the default model {name} in {time.monotonic() - started:.1f} s: {out}"
+
+
+async def degrade_if_default_model_cannot_run(rt: Runtime) -> None:
+    """`genvisor serve` is never READY with a default model that cannot run: once the
+    supervisor has settled, such a model is a degraded reason (with the command that fixes it)
+    until a job of it succeeds, as for a model that stopped loading."""
+    await rt.supervisor.wait_settled()
+    try:
+        problem = await anyio.to_thread.run_sync(default_model_problem, rt.settings, rt.registry)
+    except (OSError, ModelUnavailable, ValueError) as exc:
+        problem = f"the default model {rt.settings.default_model} could not be checked: {exc}"
+    if problem:
+        log.warning("%s", problem)
+        try:
+            rt.supervisor.tell_nowait(Degrade(f"model:{rt.settings.default_model}", problem))
+        except (ActorNotRunning, MailboxFull):
+            log.warning("the supervisor was not told (it is not running)")
 
 
 async def degrade_for_start_findings(rt: Runtime) -> None:
