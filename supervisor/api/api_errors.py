@@ -29,6 +29,7 @@ from supervisor.errors import (
     UserError,
     explain,
 )
+from supervisor.errors.validation_words import plain_field_message
 
 __all__ = [
     "ApiError",
@@ -178,7 +179,8 @@ def _from_validation(exc: RequestValidationError) -> JSONResponse:
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or "body"
-        message = str(err.get("msg", "invalid"))
+        # In genvisor's words: no library prefix, the nearest valid values for a step rule.
+        message = plain_field_message(str(err.get("msg", "invalid")), err.get("input"))
         if err.get("type") == "json_invalid":
             field, message = "body", "the body is not valid JSON"
         elif err.get("type") == "string_unicode":
