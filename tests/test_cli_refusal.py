@@ -41,7 +41,11 @@ def test_a_refusal_carries_its_numbers(tmp_path: Path, tiny_model: Path) -> None
     assert "Refused before it ran" in words
     assert "needs about" in words  # the estimate
     assert "free, less a" in words  # what the cap leaves, and the reserve
-    assert "or less (now 1280x1280)" in words  # a size that could fit
+    # The size pre-flight found fits (with every saving that keeps the video), and no frame
+    # count that would not: even one frame of 1280x1280 needs more than the cap leaves.
+    assert "pre-flight predicts that it fits" in words
+    assert "(now 1280x1280)" in words
+    assert "fewer frames" not in words
     assert "14B" not in words
     assert "GPU" not in words  # a CPU job: no GPU advice
     assert "device_memory_limit" in words

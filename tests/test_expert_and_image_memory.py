@@ -173,3 +173,54 @@ def test_the_worker_refuses_expert_offload_on_a_cpu() -> None:
 
     with pytest.raises(UnsupportedOption, match="both experts already live in host memory"):
         check_supported(PipelineOptions(two_experts=True, expert_offload=True))
+
+
+def test_a_refusal_says_the_largest_size_and_the_most_frames_that_fit(two_experts: Path) -> None:
+    weights = summarize_weights(two_experts)
+    fn = functools.partial(estimate_peak, PROFILE, weights)
+    params = GenerationParams(prompt="x", width=832, height=480, num_frames=81)
+    cpu = PipelineOptions()
+    tiled = cpu.model_copy(update={"vae_tiling": True, "vae_slicing": True, "layerwise_fp8": True})
+    budget = fn(tiled, params.model_copy(update={"width": 416, "height": 240})).needed
+    refused = choose_rung(fn, budget, 0, LADDER, PreflightJob(cpu, params, False))
+    assert isinstance(refused, Refusal)
+    assert refused.fits_size is not None
+    width, height = refused.fits_size
+    assert width % 32 == 0
+    assert height % 32 == 0
+    at = params.model_copy(update={"width": width, "height": height})
+    assert fn(tiled, at).needed <= budget
+    # The next size up (same aspect, on the 32 grid the asked 832x480 is on) would not fit.
+    up = width + 32
+    larger = params.model_copy(update={"width": up, "height": round(up * 480 / 832 / 32) * 32})
+    assert fn(tiled, larger).needed > budget
+    assert refused.fits_frames is not None
+    assert (refused.fits_frames - 1) % 4 == 0
+    assert fn(tiled, params.model_copy(update={"num_frames": refused.fits_frames})).needed <= budget
+    more = params.model_copy(update={"num_frames": refused.fits_frames + 4})
+    assert fn(tiled, more).needed > budget
+    assert f"it would fit at {width}x{height} or with {refused.fits_frames} frames" in (
+        refused.message
+    )
+
+
+def test_the_refusal_words_name_what_fits() -> None:
+    from supervisor.errors import ErrorCode, ErrorReport, default_categorizer, explain
+
+    report = ErrorReport(
+        exc_type="supervisor.recovery.memory.PreflightRefused",
+        message="not enough memory: needs ~13.8 GiB even at the last rung (layerwise_fp8), "
+        "peaking at decode; 1.1 GiB free minus a 256.0 MiB reserve leaves 896.1 MiB; it would "
+        "fit at 320x320 or with 17 frames",
+        stage=Stage.LOAD,
+        device="cpu",
+        job_id="j1",
+    )
+    verdict = (
+        default_categorizer()
+        .categorize(report)
+        .__class__.of(ErrorCode.VRAM_EXHAUSTED, rule="preflight")
+    )
+    words = " ".join(explain(report, verdict, facts={"width": 1280, "height": 1280}).suggestions)
+    assert "Lower the resolution to 320x320 (now 1280x1280): pre-flight predicts" in words
+    assert "Generate 17 frames or fewer" in words

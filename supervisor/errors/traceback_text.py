@@ -142,6 +142,9 @@ _PREFLIGHT = re.compile(
     r"needs ~" + _SIZE + r" (?:as asked|even at the last rung \(([a-z0-9_]+)\)), peaking at "
     r"([a-z_]+); " + _SIZE + r" free minus an? " + _SIZE + r" reserve leaves " + _SIZE
 )
+# ... and what it found would fit (the size of the same aspect; the frames at the size asked).
+_FITS_SIZE = re.compile(r"it would fit at (\d+)x(\d+)")
+_FITS_FRAMES = re.compile(r"it would fit (?:at \d+x\d+ or )?with (\d+) frames")
 
 
 def parse_size(number: str, unit: str) -> int:
@@ -161,7 +164,8 @@ def extract_facts(message: str) -> dict[str, object]:
     """Facts stated by `message` (case-insensitive). Keys: requested_bytes, free_bytes,
     total_bytes, reserved_unallocated_bytes, device_index, path, repo_id, url, height, width,
     multiple; of a pre-flight refusal: estimate_bytes, peak_stage, last_rung, budget_free_bytes,
-    reserve_bytes, available_bytes."""
+    reserve_bytes, available_bytes, and what it found would fit: fits_width, fits_height,
+    fits_frames."""
     low = message.lower()
     facts: dict[str, object] = {}
     if "allocate" in low:
@@ -233,6 +237,10 @@ def _preflight_facts(low: str, facts: dict[str, object]) -> None:
     facts["budget_free_bytes"] = parse_size(found.group(5), found.group(6))
     facts["reserve_bytes"] = parse_size(found.group(7), found.group(8))
     facts["available_bytes"] = parse_size(found.group(9), found.group(10))
+    if (size := _FITS_SIZE.search(low)) is not None:
+        facts["fits_width"], facts["fits_height"] = int(size.group(1)), int(size.group(2))
+    if (frames := _FITS_FRAMES.search(low)) is not None:
+        facts["fits_frames"] = int(frames.group(1))
 
 
 def _memory_facts(low: str, facts: dict[str, object]) -> None:

@@ -118,6 +118,10 @@ def explain(
     done = set(applied)
     if values.get("last_rung") is not None:
         done.update(_LADDER_SUGGESTIONS)
+    # Pre-flight searched what fits (it found a size): fewer frames alone fit at no count, and
+    # a suggestion with no number would send the person to try it for nothing.
+    if "fits_width" in values and "fits_frames" not in values:
+        done.add("fewer_frames")
     kind = CategorizationContext.from_report(report).device_kind
     stage = _suggestion_stage(report, values)
     suggestions = [

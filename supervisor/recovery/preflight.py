@@ -316,6 +316,10 @@ class Refusal:
     # Rungs that would have changed this job on a GPU and are not tried on this device (on a
     # CPU: the offloads, and keeping one expert of two on the device).
     not_here: tuple[RungId, ...] = ()
+    # What would fit, searched with every memory saving that keeps the video applied: the
+    # largest size of the same aspect (frames as asked), and the most frames (size as asked).
+    fits_size: tuple[int, int] | None = None
+    fits_frames: int | None = None
 
     @property
     def available(self) -> int:
@@ -329,6 +333,12 @@ class Refusal:
             if self.not_here
             else ""
         )
+        fits = [
+            *([f"at {self.fits_size[0]}x{self.fits_size[1]}"] if self.fits_size else []),
+            *([f"with {self.fits_frames} frames"] if self.fits_frames else []),
+        ]
+        if fits:
+            skipped += "; it would fit " + " or ".join(fits)
         return (
             f"needs ~{format_bytes(self.needed)} {at}, peaking at "
             f"{self.estimate.needed_stage.value}; {format_bytes(self.free)} free minus a "
@@ -386,10 +396,25 @@ def choose_rung(
             and r.id is not RungId.FREE_CACHES
             and applies(r, DeviceKind.CUDA, job.allow_output_changes, job.options, job.params)
         )
+        size, frames = (
+            _what_fits(estimate_fn, saving, job.params, budget)
+            if estimate.load <= budget
+            else (None, None)
+        )
         return Refusal(
-            needed, free_bytes, reserve, rung_id, estimate, tuple(tried), not_here=not_here
+            needed,
+            free_bytes,
+            reserve,
+            rung_id,
+            estimate,
+            tuple(tried),
+            not_here=not_here,
+            fits_size=size,
+            fits_frames=frames,
         )
 
+    # The options with every rung that keeps the video (what a suggestion may assume).
+    saving = options
     while True:
         estimate = estimate_fn(options, params)
         tried.append(rung_id)
@@ -412,8 +437,46 @@ def choose_rung(
         options, params, change = apply_rung(
             options, params, rung, cause=_preflight_cause(estimate, budget)
         )
+        if not rung.changes_output:
+            saving = options
         changes = [*changes, change]
         rung_id = rung.id
+
+
+def _what_fits(
+    estimate_fn: EstimateFn, options: PipelineOptions, params: GenerationParams, budget: int
+) -> tuple[tuple[int, int] | None, int | None]:
+    """(the largest width x height of the asked aspect, frames as asked; the most 4k+1 frames,
+    size as asked) whose estimate fits `budget`, each None when nothing smaller fits.
+
+    Sizes keep the multiple of 32 when the asked size has it (Wan 2.2 TI2V-5B needs it), else
+    16. Both searches are bisections: the estimate never grows as a size or a frame count
+    shrinks."""
+
+    def fits(p: GenerationParams) -> bool:
+        return estimate_fn(options, p).needed <= budget
+
+    step = 32 if params.width % 32 == 0 and params.height % 32 == 0 else 16
+
+    def sized(k: int) -> GenerationParams:
+        height = max(step, round(k * step * params.height / params.width / step) * step)
+        return params.model_copy(update={"width": k * step, "height": height})
+
+    lo, hi = 0, params.width // step - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(sized(mid)) else (lo, mid - 1)
+    size = (sized(lo).width, sized(lo).height) if lo and fits(sized(lo)) else None
+
+    def framed(k: int) -> GenerationParams:
+        return params.model_copy(update={"num_frames": 4 * k + 1})
+
+    lo, hi = -1, (params.num_frames - 1) // 4 - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(framed(mid)) else (lo, mid - 1)
+    frames = 4 * lo + 1 if lo >= 0 else None
+    return size, frames
 
 
 def with_scales(profile: MemoryProfile, denoise: float, decode: float) -> MemoryProfile:
