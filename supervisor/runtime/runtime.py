@@ -48,6 +48,7 @@ from supervisor.runtime.ownership import follow_owner, run_or_exit, terminate_pr
 from supervisor.runtime.start_up import (
     TELEMETRY_KEY,
     degrade_for_start_findings,
+    learn_local_weights,
     purge_old_jobs,
     resume_interrupted,
 )
@@ -298,6 +299,8 @@ class Runtime:
             await tg.start(self.bus.run)
             await tg.start(self.supervisor.run)
             tg.start_soon(degrade_for_start_findings, self)
+            # Header reads in threads, done long before a worker is ready for a first job.
+            tg.start_soon(learn_local_weights, self)
             task_status.started()
             self._serving = True
             if self._became_owner is not None:

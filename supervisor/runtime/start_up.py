@@ -156,3 +156,14 @@ async def resume_interrupted(rt: Runtime) -> None:
         log.warning("job %s was interrupted by a server stop: queued again", job.id)
         position = await rt.store.queue_position(job.id)
         rt.bus.publish(ev.JobQueued(job_id=job.id, position=position or 0))
+
+
+async def learn_local_weights(rt: Runtime) -> None:
+    """Every model already in the store has its weights read (safetensors headers) at start,
+    so that a server's first job of it is pre-flighted like the next ones (before, the weights
+    became known only when a job had resolved the model, after its own pre-flight)."""
+    store = _model_store(rt.settings)
+    for entry in rt.registry.entries():
+        report = await anyio.to_thread.run_sync(check_availability, entry, store)
+        if report.state is StoreState.PRESENT and report.path is not None:
+            await rt.model_resolved(entry.name, report.path)
