@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # resolving a bare `torch` to a CUDA build of several GB.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install serve test test-fast lint typecheck pytest bench drill clean
+.PHONY: install serve test test-fast lint typecheck pytest bench drill tour clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ bench: install
 
 drill: install
 	$(BIN)/python bench/drill.py
+
+# The README's five-minute tour, every command in order, in a fresh GENVISOR_HOME.
+tour: install
+	$(BIN)/python bench/readme_tour.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
