@@ -268,9 +268,13 @@ class JobFlow:
         return job
 
     def take_running_of(self, child_id: str) -> Job | None:
-        """The job running on the child that exited. With one lane, whatever child it was
-        (as ever: its job is decided as a worker crash)."""
-        lane = self.lane_of_child(child_id) or (None if self.placing else self.lanes[0])
+        """The job running on the generator that exited; None for any other child.
+
+        Invariant: a job is taken from its lane only by its own generator's exit. Another
+        child's crash (the VRAM monitor, the model loader) leaves the worker running the job;
+        taking it would re-run a job that goes on, and drop its real outcome as a late one. A
+        job waiting on a crashed loader ends through its generator (the ask fails)."""
+        lane = self.lane_of_child(child_id)
         if lane is None:
             return None
         job, lane.running = lane.running, None
