@@ -110,3 +110,34 @@ async def test_through_the_worker_thread_calls_keep_the_order_they_were_made(
         # Committed, then placed, in one turn of the thread.
         assert await store.submit_and_place(_job("late", created=10.0)) == 1
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_the_job_just_accepted_first_in_line_is_the_next_without_a_read(
+    tmp_path: Path,
+) -> None:
+    # The supervisor asks for the next job right after each acceptance: while nothing was
+    # written since, the answer is the accepted row itself (no hop to the thread), and it is
+    # exactly what SQLite gives.
+    store = AsyncJobStore.open(tmp_path / "jobs.sqlite3")
+    with anyio.fail_after(10):
+        assert await store.submit_and_place(_job("first", created=2)) == 1  # an int: stored REAL
+        known = store.sync.known_next()
+        assert known is not None
+        assert known == store.sync.next_queued()
+        assert isinstance(known.created_ts, float)
+        got = await store.next_queued()
+        assert got == known
+        assert got is not known  # a fresh job each time: callers change it
+        assert await store.submit_and_place(_job("behind", created=3.0)) == 2
+        assert store.sync.known_next() is None  # not first in line: SQLite answers
+        assert (await store.next_queued()).id == "first"  # type: ignore[union-attr]
+        assert await store.submit_and_place(_job("urgent", created=4.0, priority=5)) == 1
+        assert (await store.next_queued()).id == "urgent"  # type: ignore[union-attr]
+        urgent = store.sync.get("urgent")
+        assert urgent is not None
+        urgent.status = JobStatus.RUNNING
+        await store.save(urgent)  # any write ends what the acceptance vouched for
+        assert store.sync.known_next() is None
+        assert (await store.next_queued()).id == "first"  # type: ignore[union-attr]
+        await store.close()

@@ -136,3 +136,51 @@ async def test_frames_cross_a_socketpair_both_ways() -> None:
     with pytest.raises(ChannelClosed):
         await control.receive()
     await control.aclose()
+
+
+def test_a_held_frame_goes_out_in_one_write_with_the_next() -> None:
+    # A stage's timing waits for the next frame (from any thread), so the control process
+    # wakes once for both; nothing is reordered or lost.
+    parent, child = socket.socketpair()
+    worker = BlockingChannel(child)
+    parent.setblocking(False)
+    timing = StageTiming(job_id="j-1", stage=Stage.DECODE, seconds=0.2)
+    progress = Progress(job_id="j-1", stage=Stage.SAVE, elapsed_s=0.3)
+    beat = Heartbeat(ts=1.5, rss_bytes=10)
+    try:
+        worker.send_with_next(timing)
+        with pytest.raises(BlockingIOError):
+            parent.recv(1)  # held: nothing written yet
+        worker.send(progress)
+        worker.send_with_next(timing)
+        worker.send_with_next(timing)
+        worker.send(beat)
+        written = parent.recv(1 << 16)
+        frames = []
+        while written:
+            (length,) = struct.unpack(">I", written[:4])
+            frames.append(decode_worker(written[4 : 4 + length]))
+            written = written[4 + length :]
+        assert frames == [timing, progress, timing, timing, beat]
+    finally:
+        worker.close()
+        parent.close()
+
+
+@pytest.mark.anyio
+async def test_a_frame_larger_than_the_socket_buffer_is_sent_whole() -> None:
+    # The control side writes what the socket takes at once and the rest through the stream,
+    # which waits for the worker to read: the frame arrives whole, then the next one.
+    parent, child = socket.socketpair()
+    control = await AsyncChannel.from_socket(parent)
+    worker = BlockingChannel(child)
+    big = Load(model_path="/m/" + "x" * 600_000, model_name="tiny-wan", options=OPTIONS)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(control.send, big)
+            assert await anyio.to_thread.run_sync(worker.receive) == big
+        await control.send(Ping())
+        assert await anyio.to_thread.run_sync(worker.receive) == Ping()
+    finally:
+        worker.close()
+        await control.aclose()

@@ -17,7 +17,7 @@ import struct
 import threading
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketAttribute
 from pydantic import BaseModel
 
 from actors.worker.protocol import (
@@ -55,7 +55,14 @@ class AsyncChannel:
         self._stream = stream
         self._pid = pid
         self._buffer = bytearray()
-        self._send_lock = anyio.Lock()
+        # Uncontended, taken without a turn of the loop: a send is on the path of every job.
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        raw = stream.extra(SocketAttribute.raw_socket, None)
+        # The stream's own non-blocking socket, written directly when it has room (see `send`).
+        # Only a real socket: uvloop's transports hand out a stand-in whose send() raises
+        # TypeError (a TCP channel to a Ray actor, for one).
+        usable = isinstance(raw, socket.socket) and raw.gettimeout() == 0.0
+        self._raw = raw if usable else None
 
     @classmethod
     async def from_socket(cls, sock: socket.socket, *, pid: int | None = None) -> AsyncChannel:
@@ -66,8 +73,20 @@ class AsyncChannel:
 
     async def send(self, msg: BaseModel) -> None:
         data = encode_message(msg)
+        frame = memoryview(_HEADER.pack(len(data)) + data)
         async with self._send_lock:
-            await self._stream.send(_HEADER.pack(len(data)) + data)
+            # A frame is small and the socket's buffer is mostly empty: written at once, without
+            # the stream's turn of the loop, so the worker gets a job before the loop runs every
+            # other ready task. The rest (a full buffer), and every error, goes through the
+            # stream, which waits for room and raises its own errors. Invariant: all writes hold
+            # the send lock, so a frame is never split by another.
+            if self._raw is not None:
+                try:
+                    frame = frame[self._raw.send(frame) :]
+                except OSError:
+                    pass
+            if frame:
+                await self._stream.send(bytes(frame))
 
     async def _read_exactly(self, size: int) -> bytes:
         while len(self._buffer) < size:
@@ -93,12 +112,14 @@ class AsyncChannel:
 
 
 class BlockingChannel:
-    """Worker side, over the inherited socket. `send` is thread-safe."""
+    """Worker side, over the inherited socket. `send` and `send_with_next` are thread-safe."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(True)
         self._sock = sock
         self._lock = threading.Lock()
+        # Frames that travel with the next `send` (see `send_with_next`), in order.
+        self._held: list[bytes] = []
 
     @classmethod
     def from_fd(cls, fd: int) -> BlockingChannel:
@@ -106,8 +127,22 @@ class BlockingChannel:
 
     def send(self, msg: BaseModel) -> None:
         data = encode_message(msg)
+        frame = _HEADER.pack(len(data)) + data
         with self._lock:
-            self._sock.sendall(_HEADER.pack(len(data)) + data)
+            if self._held:
+                frame = b"".join(self._held) + frame
+                self._held.clear()
+            self._sock.sendall(frame)
+
+    def send_with_next(self, msg: BaseModel) -> None:
+        """`send`, for a frame no one waits for (a stage's timing): it goes out in one write
+        with the next frame sent, whichever thread sends it, so the control process wakes once
+        for both. Invariant: frames keep their order, and a held frame waits at most until the
+        next heartbeat (every job also ends with an outcome frame right after its last timing).
+        """
+        data = encode_message(msg)
+        with self._lock:
+            self._held.append(_HEADER.pack(len(data)) + data)
 
     def _read_exactly(self, size: int) -> bytes:
         parts: list[bytes] = []

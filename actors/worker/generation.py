@@ -57,6 +57,10 @@ class JobRun:
     host: PipelineHost
     emit: Emit
     model_name: str
+    # For frames nobody waits on (stage timings); None: `emit`. The worker's channel sends
+    # them with its next frame (`BlockingChannel.send_with_next`): one wake-up of the control
+    # process instead of two, while the job computes beside it.
+    emit_with_next: Emit | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     last_progress_ts: float | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -94,7 +98,8 @@ class JobRun:
     def timed(self, stage: Stage, started: float) -> None:
         seconds = time.perf_counter() - started
         self.timings[stage] = seconds
-        self.emit(StageTiming(job_id=self.job_id, stage=stage, seconds=seconds))
+        emit = self.emit_with_next or self.emit
+        emit(StageTiming(job_id=self.job_id, stage=stage, seconds=seconds))
 
 
 def _encode(run: JobRun) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -170,7 +170,11 @@ class Worker:
                 self._send_or_exit(Cancelled(job_id=msg.job_id))
                 return
             run = JobRun(
-                request=msg, host=self.host, emit=self.channel.send, model_name=self.model_name
+                request=msg,
+                host=self.host,
+                emit=self.channel.send,
+                model_name=self.model_name,
+                emit_with_next=self.channel.send_with_next,
             )
             self._current = run
         try:

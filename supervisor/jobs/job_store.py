@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from supervisor.core.params import JobInputs
@@ -74,6 +75,19 @@ _COLUMNS = (
     "finished_ts attempts crash_retries rungs_tried changes decode_only_from output_path "
     "requested result error inputs"
 ).split()
+_INSERT = (
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)})"
+)
+_UPDATE = (
+    f"UPDATE jobs SET {', '.join(f'{c} = :{c}' for c in _COLUMNS if c != 'id')} WHERE id = :id"
+)
+# The statuses `next_queued` hands out, in the order of the `IN (?, ?, ?)` of the queries.
+_WAITING = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.INTERRUPTED)
+
+
+def _select_job(db: sqlite3.Connection, job_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row
 
 
 def _check_row(row: dict[str, object]) -> object:
@@ -95,6 +109,11 @@ class JobStore:
         # DEGRADED with `heal_report.reason()`.
         self.heal_report: StoreHealReport | None
         self._db, self.heal_report = open_healed(self.path, _SALVAGE, self._open)
+        # Writes begun on this store (each counts before it starts, under the lock), and the
+        # row of the job last accepted when it was first in the queue, with the count then:
+        # see `known_next`.
+        self._writes = 0
+        self._first_waiting: tuple[int, sqlite3.Row] | None = None
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
@@ -124,52 +143,72 @@ class JobStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock, self._guard():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                # Invariant: no transaction outlives a failure (a failed COMMIT included), so the
-                # next call can BEGIN. SQLite rolls back by itself after some errors (corruption,
-                # I/O, full disk); a ROLLBACK then fails and must not hide the error's cause.
-                if self._db.in_transaction:
-                    with suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                raise
+            self._writes += 1
+            with self._transaction() as db:
+                yield db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; the caller holds `_lock` and the corruption guard."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            # Invariant: no transaction outlives a failure (a failed COMMIT included), so the
+            # next call can BEGIN. SQLite rolls back by itself after some errors (corruption,
+            # I/O, full disk); a ROLLBACK then fails and must not hide the error's cause.
+            if self._db.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
+            self._first_waiting = None  # a closed store answers nothing from memory either
             self._db.close()
 
     # -- writes ---------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Job:
-        row = job.to_row()
-        with self._lock, self._guard():
-            self._db.execute("PRAGMA synchronous=FULL")
-        try:
-            self._insert(row)
-        finally:
-            with self._lock, self._guard():
-                self._db.execute("PRAGMA synchronous=NORMAL")
+        self._accept(job, place=False)
         return job
 
-    def _insert(self, row: dict[str, Any]) -> None:
-        with self._tx() as db:
-            db.execute(
-                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join(':' + c for c in _COLUMNS)})",
-                row,
-            )
+    def submit_and_place(self, job: Job) -> int | None:
+        """`submit`, and the job's queue position (as `queue_position`) counted in the same
+        transaction, under the same lock: no other write can come between."""
+        return self._accept(job, place=True)
+
+    def _accept(self, job: Job, *, place: bool) -> int | None:
+        # Invariant (durability): the accepting commit alone runs with synchronous=FULL, so the
+        # job survives a power cut once `submit` returns (the API answers 202 after it). Every
+        # later write of the row (running, the outcome) commits with NORMAL: under WAL it
+        # survives a crash or kill of the process; a power cut may take the row back to an
+        # earlier status (the WAL keeps commits in order), never before this insert: a job back
+        # at `queued` waits again, one back at `running` is queued again by start-up
+        # (`recover_interrupted`), so an accepted job is never lost. One lock turn for the
+        # pragmas, the insert and the position.
+        row = job.to_row()
+        with self._lock, self._guard():
+            self._writes += 1
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._transaction() as db:
+                    db.execute(_INSERT, row)
+                    position = self._position(job) if place else None
+                    first = _select_job(db, job.id) if position == 1 else None
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._first_waiting = (self._writes, first) if first is not None else None
+        return position
 
     def save(self, job: Job) -> None:
         self.save_row(job.to_row())
 
     def save_row(self, row: dict[str, Any]) -> None:
         """`save` of a row taken earlier (`Job.to_row`), e.g. on the loop before a thread hop."""
-        sets = ", ".join(f"{c} = :{c}" for c in _COLUMNS if c != "id")
         with self._tx() as db:
-            db.execute(f"UPDATE jobs SET {sets} WHERE id = :id", row)
+            db.execute(_UPDATE, row)
 
     def recover_interrupted(self) -> list[Job]:
         """Start-up: jobs a dead server left running are marked interrupted and queued again."""
@@ -223,6 +262,20 @@ class JobStore:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(dict(rows[0])) if rows else None
 
+    def known_next(self) -> Job | None:
+        """`next_queued`'s answer when it is known without reading the file, else None.
+
+        Invariant: the job accepted last was first in the queue when its transaction
+        committed, and no write has begun since (`_writes` is unchanged), so the file holds
+        what it held then: `next_queued` would read that very row. A fresh `Job` each call,
+        as from `next_queued` (callers change the job they get). Reads no SQLite and takes no
+        lock: the tuple and the count are each read whole, the tuple first, so a write begun
+        in between shows as a changed count."""
+        first = self._first_waiting
+        if first is None or first[0] != self._writes or self.damage is not None:
+            return None
+        return Job.from_row(dict(first[1]))
+
     def next_queued(self) -> Job | None:
         rows = self._query(
             "SELECT * FROM jobs WHERE status IN (?, ?, ?) "
@@ -261,29 +314,30 @@ class JobStore:
     def queue_position(self, job_id: str) -> int | None:
         """1-based position among waiting jobs, or None when it is not waiting."""
         job = self.get(job_id)
-        if job is None or job.status not in (
-            JobStatus.QUEUED,
-            JobStatus.RETRYING,
-            JobStatus.INTERRUPTED,
-        ):
+        if job is None:
             return None
-        rows = self._query(
+        with self._lock, self._guard():
+            return self._position(job)
+
+    def _position(self, job: Job) -> int | None:
+        """`queue_position` of a job as stored; the caller holds `_lock` and the guard."""
+        if job.status not in _WAITING:
+            return None
+        row = self._db.execute(
             "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?, ?) AND "
             "(priority > ? OR (priority = ? AND created_ts < ?) OR "
             "(priority = ? AND created_ts = ? AND rowid < (SELECT rowid FROM jobs WHERE id = ?)))",
             (
-                JobStatus.QUEUED,
-                JobStatus.RETRYING,
-                JobStatus.INTERRUPTED,
+                *_WAITING,
                 job.priority,
                 job.priority,
                 job.created_ts,
                 job.priority,
                 job.created_ts,
-                job_id,
+                job.id,
             ),
-        )
-        return int(rows[0][0]) + 1
+        ).fetchone()
+        return int(row[0]) + 1
 
 
 class AsyncJobStore:
@@ -324,12 +378,7 @@ class AsyncJobStore:
 
     async def submit_and_place(self, job: Job) -> int | None:
         """`submit`, then the job's queue position, in one turn of the thread (one hop)."""
-
-        def call() -> int | None:
-            self.sync.submit(job)
-            return self.sync.queue_position(job.id)
-
-        return await self._run(call)
+        return await self._run(lambda: self.sync.submit_and_place(job))
 
     async def save(self, job: Job) -> None:
         # Invariant: the row is taken on the loop, before the hop: the thread never reads a job
@@ -358,6 +407,16 @@ class AsyncJobStore:
         return await self._run(lambda: self.sync.get(job_id))
 
     async def next_queued(self) -> Job | None:
+        # One hop fewer per job (the supervisor asks right after each acceptance): with no call
+        # running on or waiting for the store's thread, the thread would run `next_queued` at
+        # once, on the state `known_next` vouches for, so answering here keeps both the answer
+        # and the order of calls.
+        await anyio.lowlevel.checkpoint()
+        limiter = self._limiter
+        if limiter.borrowed_tokens == 0 and limiter.statistics().tasks_waiting == 0:
+            known = self.sync.known_next()
+            if known is not None:
+                return known
         return await self._run(self.sync.next_queued)
 
     async def list(
