@@ -14,8 +14,9 @@ process's event loop is blocked, so nothing of the runtime competes with it in t
 Prints progress on stderr and one JSON object on its last stdout line: ``supervised_median_s``,
 ``direct_median_s``, ``ratio`` (of the medians), ``overhead_median_s`` (their difference),
 ``supervision_median_s`` (per supervised run, its wall time less its worker's stage time),
-p90s, and where the supervised time goes (medians of: submit → job.started, job.started → the worker's first progress, the worker's
-own stage timings, the last stage's end → job.succeeded received).
+p90s, and where the supervised time goes (medians of: submit → job.started, job.started → the
+worker's first progress, the worker's own stage timings, the last stage's end → job.succeeded
+received).
 """
 
 from __future__ import annotations
