@@ -92,3 +92,12 @@ def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         main(["models", "make-tiny", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "same seed, same files) (default: 0)" in text
+
+
+def test_a_long_digit_string_is_not_read_as_a_number() -> None:
+    # A client's 20,000-digit string (the API's fuzzer sent one as a too-long prompt): Python
+    # refuses to convert it, which was a 500 before.
+    digits = "0" * 20_000
+    message = plain_field_message("String should have at most 4000 characters", digits)
+    assert message == "String should have at most 4000 characters"
+    assert plain_field_message("Input should be a multiple of 16", "9" * 30).endswith("16")

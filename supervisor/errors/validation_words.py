@@ -32,8 +32,11 @@ def _whole(value: object) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    # Invariant: a client's string is read as a number only when it is short; Python refuses
+    # to convert more than 4300 digits (ValueError), and no size or count here has 19.
+    text = value.strip() if isinstance(value, str) else ""
+    if 0 < len(text) <= 18 and text.lstrip("-").isdigit():
+        return int(text)
     return None
 
 
