@@ -18,7 +18,12 @@ import anyio.from_thread
 import anyio.to_thread
 
 from actors.actor import Actor
-from actors.models.availability import AvailabilityReport, StoreState, check_availability
+from actors.models.availability import (
+    AvailabilityReport,
+    StoreState,
+    check_availability,
+    remedy,
+)
 from actors.models.fallback import find_fallback
 from actors.models.manifest import read_manifest
 from actors.models.model_errors import ModelStoreError, ModelUnavailable
@@ -234,13 +239,8 @@ class ModelLoader(Actor):
         return [await self._check(entry) for entry in self.registry.entries()]
 
     def _remedy(self, entry: ModelEntry, state: StoreState) -> str:
-        if entry.source is ModelSource.LOCAL:
-            variant = entry.tiny_variant
-            make = "make-tiny" if variant in (None, "t2v") else f"make-tiny --variant {variant}"
-            verb = make if state is StoreState.MISSING else f"repair {entry.name}"
-            return f"Run `genvisor models {verb}`"
-        verb = "pull" if state is StoreState.MISSING else "repair"
-        return f"Run `genvisor models {verb} {entry.name}`"
+        words = remedy(entry, state)
+        return words[:1].upper() + words[1:]
 
     async def _resolve(self, name: str, allow_fallback: bool) -> ResolvedModel:
         entry = self.registry.get(name)

@@ -18,7 +18,7 @@ from actors.models.verify import VerifyReport, verify_model_dir
 from supervisor.bus.events import ModelAvailability
 from supervisor.errors.categories import ErrorCode
 
-__all__ = ["AvailabilityReport", "StoreState", "check_availability", "state_of"]
+__all__ = ["AvailabilityReport", "StoreState", "check_availability", "remedy", "state_of"]
 
 
 class StoreState(StrEnum):
@@ -104,3 +104,14 @@ def check_availability(entry: ModelEntry, store: ModelStore) -> AvailabilityRepo
     manifest = read_manifest(store.home, entry.name)
     root = store.model_dir(entry, manifest)
     return report_from_verify(entry, verify_model_dir(root, manifest, deep=False))
+
+
+def remedy(entry: ModelEntry, state: StoreState) -> str:
+    """The command that makes `entry` usable, as a clause: "run `genvisor models pull X`"."""
+    if entry.source is ModelSource.LOCAL:
+        variant = entry.tiny_variant
+        make = "make-tiny" if variant in (None, "t2v") else f"make-tiny --variant {variant}"
+        verb = make if state is StoreState.MISSING else f"repair {entry.name}"
+        return f"run `genvisor models {verb}`"
+    verb = "pull" if state is StoreState.MISSING else "repair"
+    return f"run `genvisor models {verb} {entry.name}`"

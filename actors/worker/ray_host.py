@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import os
 import signal
 import socket
 import struct
@@ -36,7 +35,7 @@ from collections.abc import Callable
 from actors.worker.channel import MAX_FRAME_BYTES
 from actors.worker.node_models import NodeModels
 from actors.worker.protocol import Failed, Load, decode_control, encode_message
-from actors.worker.spawn import WorkerLaunch
+from actors.worker.spawn import WorkerLaunch, log_tail
 from supervisor.errors.report import ErrorReport, Stage
 
 __all__ = ["TOKEN_BYTES", "WorkerHost", "node_device"]
@@ -65,17 +64,12 @@ class WorkerHost:
         self._log_path = launch.log_path
         self._worker_end, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **launch.env, "PYTHONUNBUFFERED": "1"}
         try:
             with launch.log_path.open("ab") as log:
                 self._process = subprocess.Popen(
                     launch.command(child.fileno()),
-                    stdin=subprocess.DEVNULL,
                     stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(child.fileno(),),
-                    env=env,
-                    start_new_session=True,
+                    **launch.process_options(child.fileno()),
                 )
         finally:
             child.close()
@@ -99,13 +93,8 @@ class WorkerHost:
         if self._process.poll() is None:
             self._process.send_signal(signal.Signals(signum))
 
-    def log_tail(self, size: int = 2000) -> str:
-        try:
-            with self._log_path.open("rb") as handle:
-                handle.seek(max(0, self._log_path.stat().st_size - size))
-                return handle.read().decode(errors="replace")
-        except OSError:
-            return ""
+    def log_tail(self) -> str:
+        return log_tail(self._log_path)
 
     # -- threads --------------------------------------------------------------------------
 

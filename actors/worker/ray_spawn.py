@@ -31,7 +31,7 @@ from actors.worker.channel import AsyncChannel, ChannelClosed
 from actors.worker.node_models import NodeModels
 from actors.worker.protocol import Failed, Ready, Shutdown, WorkerMessage
 from actors.worker.ray_host import TOKEN_BYTES, WorkerHost
-from actors.worker.spawn import WorkerLaunch
+from actors.worker.spawn import WorkerLaunch, log_tail
 from supervisor.core.exceptions import ProtocolError, WorkerStartFailed
 
 __all__ = ["RAY_NAMESPACE", "RaySpawner", "RayWorkerHandle"]
@@ -128,12 +128,7 @@ class RayWorkerHandle:
             await self.channel.aclose()
 
     def log_tail(self) -> str:
-        try:
-            with self.log_path.open("rb") as handle:
-                handle.seek(max(0, self.log_path.stat().st_size - 2000))
-                return handle.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_path)
 
 
 class RaySpawner:

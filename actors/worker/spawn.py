@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import Process
@@ -28,7 +28,14 @@ from actors.worker.channel import AsyncChannel, ChannelClosed
 from actors.worker.protocol import Failed, Ready, Shutdown, WorkerMessage
 from supervisor.core.exceptions import ProtocolError, WorkerStartFailed
 
-__all__ = ["SpawnWorker", "WorkerHandle", "WorkerLaunch", "WorkerLink", "spawn_worker"]
+__all__ = [
+    "SpawnWorker",
+    "WorkerHandle",
+    "WorkerLaunch",
+    "WorkerLink",
+    "log_tail",
+    "spawn_worker",
+]
 
 _LOG_TAIL_BYTES = 2000
 
@@ -50,6 +57,24 @@ class WorkerLaunch:
         if self.memory_limit:
             cmd += ["--memory-limit", self.memory_limit]
         return cmd
+
+    def process_options(self, fd: int) -> dict[str, Any]:
+        """How the worker process is started, its stdout aside (`subprocess.Popen` and
+        `anyio.open_process` alike): the channel's end passed, stdin closed, stderr to stdout.
+
+        Invariant: only the control process decides the worker's fate. In its own session, a
+        signal sent to the server's process group (Ctrl-C in a terminal, `timeout`, `kill --
+        -PGID`) reaches the control process alone, which stops the worker politely; had the
+        worker died of it first, the generator would have reported a crash and the supervisor
+        scheduled a restart mid-shutdown. A worker whose control process is gone (even `kill
+        -9`) still leaves: its channel reaches EOF (see `actors.worker.main`)."""
+        return {
+            "stdin": subprocess.DEVNULL,
+            "stderr": subprocess.STDOUT,
+            "pass_fds": (fd,),
+            "env": {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+            "start_new_session": True,
+        }
 
 
 class WorkerLink(Protocol):
@@ -144,10 +169,11 @@ class WorkerHandle:
             await self.process.aclose()
 
     def log_tail(self) -> str:
-        return _tail(self.log_path)
+        return log_tail(self.log_path)
 
 
-def _tail(path: Path) -> str:
+def log_tail(path: Path) -> str:
+    """The end of a worker's log (empty when it can not be read)."""
     try:
         with path.open("rb") as handle:
             handle.seek(max(0, path.stat().st_size - _LOG_TAIL_BYTES))
@@ -160,24 +186,10 @@ async def spawn_worker(launch: WorkerLaunch) -> WorkerHandle:
     """Start the worker and wait for its `Ready` (or raise `WorkerStartFailed`)."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     launch.log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **launch.env, "PYTHONUNBUFFERED": "1"}
     try:
         with launch.log_path.open("ab") as log:
             process = await anyio.open_process(
-                launch.command(child.fileno()),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=(child.fileno(),),
-                env=env,
-                # Invariant: only the control process decides the worker's fate. In its own
-                # session, a signal sent to the server's process group (Ctrl-C in a terminal,
-                # `timeout`, `kill -- -PGID`) reaches the control process alone, which stops
-                # the worker politely; had the worker died of it first, the generator would
-                # have reported a crash and the supervisor scheduled a restart mid-shutdown.
-                # A worker whose control process is gone (even `kill -9`) still leaves: its
-                # channel reaches EOF (see `actors.worker.main`).
-                start_new_session=True,
+                launch.command(child.fileno()), stdout=log, **launch.process_options(child.fileno())
             )
     except BaseException:
         parent.close()
@@ -209,7 +221,7 @@ async def _await_ready(channel: AsyncChannel, process: Process, launch: WorkerLa
         code = await process.wait()
         raise WorkerStartFailed(
             pid=process.pid,
-            reason=f"exited with code {code} before Ready; log tail: {_tail(launch.log_path)}",
+            reason=f"exited with code {code} before Ready; log tail: {log_tail(launch.log_path)}",
         ) from None
     if isinstance(msg, Failed):
         raise WorkerStartFailed(pid=process.pid, reason=msg.report.message)

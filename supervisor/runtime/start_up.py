@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from actors.models.availability import StoreState, check_availability
+from actors.models.availability import StoreState, check_availability, remedy
 from actors.models.model_errors import ModelUnavailable
-from actors.models.registry import ModelEntry, ModelRegistry, ModelSource, load_registry
+from actors.models.registry import ModelRegistry, ModelSource, load_registry
 from actors.models.repair import rebuild_local
 from actors.models.store import ModelStore, default_cache_dir
 from supervisor.bus import events as ev
@@ -62,17 +62,6 @@ def _model_store(settings: Settings) -> ModelStore:
     return ModelStore(settings.home, settings.hf_cache_dir or default_cache_dir())
 
 
-def _remedy(entry: ModelEntry, state: StoreState) -> str:
-    """The command that makes `entry` usable (as the model loader says it)."""
-    if entry.source is ModelSource.LOCAL:
-        variant = entry.tiny_variant
-        make = "make-tiny" if variant in (None, "t2v") else f"make-tiny --variant {variant}"
-        verb = make if state is StoreState.MISSING else f"repair {entry.name}"
-        return f"run `genvisor models {verb}`"
-    verb = "pull" if state is StoreState.MISSING else "repair"
-    return f"run `genvisor models {verb} {entry.name}`"
-
-
 def default_model_problem(settings: Settings, registry: ModelRegistry) -> str | None:
     """Why the default model cannot run here, with the command that fixes it; None when it can
     (or when it is not a registered model: the settings check says that). Blocking (file
@@ -90,7 +79,7 @@ def default_model_problem(settings: Settings, registry: ModelRegistry) -> str | 
     else:
         detail = f": {report.problems[0]}" if report.problems else ""
         why = f"its files are {report.state.value}{detail}"
-    return f"the default model {name} cannot run: {why}; {_remedy(entry, report.state)}"
+    return f"the default model {name} cannot run: {why}; {remedy(entry, report.state)}"
 
 
 def build_default_model_if_missing(settings: Settings) -> str | None:
