@@ -217,6 +217,11 @@ def test_each_node_makes_the_model_available_in_its_own_cache(
         "GENVISOR_DOWNLOAD_BACKOFF_BASE": "0.01",
     }
     with running_server(home, startup_timeout=120, **env) as srv:
+        read_events_until(
+            f"{srv.ws_url}/v1/events?since=0",
+            lambda e: e["type"] == "supervisor.transition" and e["data"]["to"] == "ready",
+            limit=180,
+        )
         pulled = httpx.post(f"{srv.url}/v1/models/{MODEL}/pull?wait=true", timeout=120)
         assert pulled.status_code == 202, pulled.text
         # The node's first pull fails for good (every retry answered 500): the job's load
