@@ -15,7 +15,7 @@ from actors.models.registry import ModelRegistry, ModelSource, load_registry
 from actors.models.repair import rebuild_local
 from actors.models.store import ModelStore, default_cache_dir
 from supervisor.bus import events as ev
-from supervisor.core.exceptions import ActorNotRunning, MailboxFull
+from supervisor.core.exceptions import ActorNotRunning, GenvisorError, MailboxFull
 from supervisor.core.settings import CONFIG_DIR, Settings
 from supervisor.core.store_health import StoreHealReport
 from supervisor.supervision.messages import Degrade
@@ -29,6 +29,7 @@ __all__ = [
     "default_model_problem",
     "degrade_for_start_findings",
     "degrade_if_default_model_cannot_run",
+    "learn_local_weights",
     "purge_old_jobs",
     "resume_interrupted",
 ]
@@ -153,6 +154,11 @@ async def learn_local_weights(rt: Runtime) -> None:
     became known only when a job had resolved the model, after its own pre-flight)."""
     store = _model_store(rt.settings)
     for entry in rt.registry.entries():
-        report = await anyio.to_thread.run_sync(check_availability, entry, store)
-        if report.state is StoreState.PRESENT and report.path is not None:
-            await rt.model_resolved(entry.name, report.path)
+        # Invariant: this is a head start, never a reason to stop: a folder that can not be
+        # read now is read again when a job resolves the model, as before.
+        try:
+            report = await anyio.to_thread.run_sync(check_availability, entry, store)
+            if report.state is StoreState.PRESENT and report.path is not None:
+                await rt.model_resolved(entry.name, report.path)
+        except (OSError, ValueError, GenvisorError) as exc:
+            log.warning("weights of %s not read at start: %s", entry.name, exc)
