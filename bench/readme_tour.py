@@ -77,6 +77,13 @@ def tour_blocks(readme: str) -> list[list[str]]:
     return blocks
 
 
+def _as_typed() -> None:
+    """In each command's process: Ctrl-C works as in a terminal. A tour started in the
+    background of a non-interactive shell (`make tour &`) inherits SIGINT ignored, and a server
+    or `events` started from it would then never stop on the tour's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _comment(command: str) -> str:
     return command.partition("  #")[2] if "  #" in command else ""
 
@@ -100,6 +107,7 @@ class Tour:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_as_typed,
             **kw,  # type: ignore[arg-type]
         )
 
@@ -122,6 +130,7 @@ class Tour:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_as_typed,
         )
         deadline = time.monotonic() + _SERVER_START_S
         while time.monotonic() < deadline and self.server.poll() is None:
@@ -143,8 +152,15 @@ class Tour:
             proc = self._shell(text)
             time.sleep(5.0)
             os.killpg(proc.pid, signal.SIGINT)
-            output = proc.communicate(timeout=30)[0].decode(errors="replace")
-            ok = bool(output.strip())
+            try:
+                output = proc.communicate(timeout=30)[0].decode(errors="replace")
+                ok = bool(output.strip())
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                output = "did not stop within 30 s of Ctrl-C\n" + proc.communicate()[0].decode(
+                    errors="replace"
+                )
+                ok = False
         elif text.rstrip().endswith("&"):
             self.background.append(self._shell(text.rstrip().rstrip("&")))
             # The tour's next line kills the worker of this job: it must have started.
