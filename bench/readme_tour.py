@@ -142,6 +142,20 @@ class Tour:
             time.sleep(1.0)
         return False
 
+    def _job_running(self, limit_s: float = 60.0) -> bool:
+        """Whether the generator reports a running job within `limit_s` (asked, not slept on)."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                ["genvisor", "state", "--json"], cwd=self.workdir, env=self.env, capture_output=True
+            )
+            if probe.returncode == 0:
+                children = json.loads(probe.stdout)["children"]
+                if any(c["id"] == "generator" and c.get("job_id") for c in children):
+                    return True
+            time.sleep(0.5)
+        return False
+
     def run_line(self, command: str) -> None:
         started = time.monotonic()
         text = command.replace("<id>", self.last_job or "<id>")
@@ -163,9 +177,8 @@ class Tour:
                 ok = False
         elif text.rstrip().endswith("&"):
             self.background.append(self._shell(text.rstrip().rstrip("&")))
-            # The tour's next line kills the worker of this job: it must have started.
-            time.sleep(8.0)
-            ok, output = self.background[-1].poll() in (None, 0), ""
+            # The tour's next line kills the worker of this job: wait until the worker runs it.
+            ok, output = self._job_running(), ""
         else:
             proc = self._shell(text)
             try:
