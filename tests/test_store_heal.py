@@ -60,6 +60,7 @@ def _fill_peaks(path: Path) -> None:
     for i in range(300):
         stage = Stage.DENOISE if i % 3 else Stage.DECODE
         store.record("tiny-wan-" + "p" * 60, "cpu", PeakSample(stage, 10**9 + i, 10**6, 2 * 10**9))
+    store.close()  # WAL: the rows reach the main file at the last connection's checkpoint
 
 
 @dataclass(frozen=True)

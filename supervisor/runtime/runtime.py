@@ -320,6 +320,8 @@ class Runtime:
         with anyio.CancelScope(shield=True):
             await self.store.close()
         self.strategies.close()
+        for parts in self.device_parts:
+            parts.accounting.calibration.close()
         self.home_lock.release()
 
     def stores(self) -> list[tuple[str, Any]]:
