@@ -27,13 +27,18 @@ def load_cases() -> list[dict[str, str]]:
 CASES = load_cases()
 
 
+def accepted(case: dict[str, str]) -> set[str]:
+    """The category a person would expect, and any other they would accept (`also`)."""
+    return {case["category"], *case.get("also", [])}
+
+
 def accuracy(split: str) -> tuple[float, list[tuple[str, str, str]]]:
     categorizer = default_categorizer()
     chosen = [c for c in CASES if c["split"] == split]
     misses = []
     for case in chosen:
         verdict = categorizer.categorize(report_from_text(case["text"]))
-        if verdict.category != case["category"]:
+        if verdict.category not in accepted(case):
             misses.append((case["source"], case["category"], verdict.code.value))
     return 1 - len(misses) / len(chosen), misses
 
@@ -41,7 +46,11 @@ def accuracy(split: str) -> tuple[float, list[tuple[str, str, str]]]:
 def test_corpus_is_sourced_split_and_covers_every_category() -> None:
     assert len(CASES) >= 150
     for case in CASES:
-        assert set(case) == {"source", "category", "split", "text"}, case
+        assert {"source", "category", "split", "text"} <= set(case) <= {
+            "source", "category", "split", "text", "also"
+        }, case
+        for other in case.get("also", []):
+            assert Category(other) is not Category(case["category"]), case
         assert case["source"].startswith("https://github.com/"), case["source"]
         assert case["split"] in {"dev", "heldout", "blind"}
         assert case["text"].strip()

@@ -12,6 +12,7 @@ import json
 import sys
 
 from supervisor.errors.categorizer import default_categorizer
+from supervisor.errors.cue_scores import CUE_RULE_PREFIX
 from supervisor.errors.traceback_text import report_from_text
 from supervisor.errors.user_error import UserError, explain
 
@@ -43,7 +44,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary(text, args.device), ensure_ascii=False))
         return 0
     report = report_from_text(text, device=args.device)
-    _print_human(explain(report, default_categorizer().categorize(report)))
+    verdict = default_categorizer().categorize(report)
+    _print_human(explain(report, verdict))
+    if verdict.rule.startswith(CUE_RULE_PREFIX):
+        # Invariant: say only what the text supports. Cues are words that lean one way
+        # (supervisor/errors/cue_scores.py), not a known error: the person is told so.
+        words = verdict.rule.removeprefix(CUE_RULE_PREFIX).replace("+", ", ")
+        print(
+            f"\n(No rule knows this exact error: judged from the words it uses (cues: {words}); "
+            "the advice may not fit.)"
+        )
     return 0
 
 

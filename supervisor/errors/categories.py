@@ -70,6 +70,8 @@ class ErrorCode(StrEnum):
     NET_RATE_LIMITED = "NET.RATE_LIMITED"
     NET_CONNECTION_LOST = "NET.CONNECTION_LOST"
     NET_NO_SERVER = "NET.NO_SERVER"
+    # A network failure the text does not say more of (a cue verdict: cue_scores.py).
+    NET_FAILED = "NET.FAILED"
 
     FS_DISK_FULL = "FS.DISK_FULL"
     FS_PERMISSION = "FS.PERMISSION"
@@ -81,6 +83,8 @@ class ErrorCode(StrEnum):
     FS_IN_USE = "FS.IN_USE"
     FS_PATH_CONFLICT = "FS.PATH_CONFLICT"
     FS_DAMAGED_MEDIA = "FS.DAMAGED_MEDIA"
+    # A file operation failed, the text does not say how (a cue verdict).
+    FS_FAILED = "FS.FAILED"
 
     STORE_CORRUPTED = "STORE.CORRUPTED"
 
@@ -97,6 +101,8 @@ class ErrorCode(StrEnum):
     PIPELINE_NAN_OUTPUT = "PIPELINE.NAN_OUTPUT"
     PIPELINE_CUDA_CONTEXT = "PIPELINE.CUDA_CONTEXT"
     PIPELINE_CANCELLED = "PIPELINE.CANCELLED"
+    # A computation inside the pipeline failed, the text does not say how (a cue verdict).
+    PIPELINE_FAILED = "PIPELINE.FAILED"
 
     WORKER_CRASHED = "WORKER.CRASHED"
     WORKER_HUNG = "WORKER.HUNG"
@@ -177,6 +183,7 @@ CODE_SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.NET_RATE_LIMITED: CodeSpec(_M, True),
     ErrorCode.NET_CONNECTION_LOST: CodeSpec(_M, True),
     ErrorCode.NET_NO_SERVER: CodeSpec(_M, False),
+    ErrorCode.NET_FAILED: CodeSpec(_M, False),
     ErrorCode.FS_DISK_FULL: CodeSpec(_C, False),
     ErrorCode.FS_PERMISSION: CodeSpec(_H, False),
     ErrorCode.FS_READ_ONLY: CodeSpec(_H, False),
@@ -187,6 +194,7 @@ CODE_SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.FS_IN_USE: CodeSpec(_M, False),
     ErrorCode.FS_PATH_CONFLICT: CodeSpec(_M, False),
     ErrorCode.FS_DAMAGED_MEDIA: CodeSpec(_M, False),
+    ErrorCode.FS_FAILED: CodeSpec(_M, False),
     # Not recoverable while running: the store heals at the next start (moved aside, salvaged).
     ErrorCode.STORE_CORRUPTED: CodeSpec(_H, False),
     ErrorCode.INPUT_RESOLUTION: CodeSpec(_L, False),
@@ -202,6 +210,7 @@ CODE_SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.PIPELINE_CUDA_CONTEXT: CodeSpec(_C, True, poisons_context=True),
     # A job stopped on request: nothing failed, nothing to recover.
     ErrorCode.PIPELINE_CANCELLED: CodeSpec(_L, False),
+    ErrorCode.PIPELINE_FAILED: CodeSpec(_H, False),
     ErrorCode.WORKER_CRASHED: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.WORKER_HUNG: CodeSpec(_H, True, poisons_context=True),
     ErrorCode.WORKER_PROTOCOL: CodeSpec(_H, True, poisons_context=True),

@@ -5,8 +5,10 @@ Order, first decision wins:
 1. the exception's classes, most specific first (type_rules.py): a clear type is never
    overridden by text or context;
 2. the OS error number a text report states (`[Errno 28] ...`, `[WinError 5]`, `(os error N)`);
-3. the compiled text rules of config/error_patterns.toml;
-4. `UNKNOWN.ERROR`.
+3. the compiled text rules of config/error_patterns.toml (on the last error, then on the
+   unindented lines before it);
+4. the weighted cues of config/error_cues.toml (cue_scores.py), when one category leads;
+5. `UNKNOWN.ERROR`.
 Then context may refine: an out-of-memory with enough reserved-but-unallocated memory becomes
 `VRAM.FRAGMENTED`; host-memory exhaustion becomes `VRAM.EXHAUSTED` when the pipeline runs on the
 CPU (host RAM is its device memory).
@@ -21,9 +23,11 @@ from supervisor.core.settings import SHIPPED_CONFIG_DIR, config_path
 from supervisor.errors.categories import (
     Categorization,
     CategorizationContext,
+    Category,
     ErrorCode,
     Severity,
 )
+from supervisor.errors.cue_scores import CUE_RULE_PREFIX, CueScores, load_cues
 from supervisor.errors.os_codes import os_error_code
 from supervisor.errors.pattern_rules import PatternRuleSet, load_pattern_rules
 from supervisor.errors.report import ErrorReport
@@ -37,18 +41,30 @@ DEFAULT_PATTERNS_PATH = SHIPPED_CONFIG_DIR / "error_patterns.toml"
 # Only the head of a message is read: the deciding words come first in every library's wording,
 # and a 4000-character list of missing keys must not cost more than a short message.
 _SCAN_CHARS = 2000
+# Cues look for hundreds of words, each a scan of the text: they read the head of the last
+# error and the end of the lines before it, where the deciding words are.
+_CUE_CHARS = 800
 
 
 class Categorizer:
-    __slots__ = ("_patterns", "_types")
+    __slots__ = ("_cues", "_patterns", "_types")
 
-    def __init__(self, patterns: PatternRuleSet, types: TypeRuleTable | None = None) -> None:
+    def __init__(
+        self,
+        patterns: PatternRuleSet,
+        types: TypeRuleTable | None = None,
+        cues: CueScores | None = None,
+    ) -> None:
         self._patterns = patterns
         self._types = types or default_type_rules()
+        self._cues = cues
 
     @classmethod
-    def from_config(cls, path: Path | None = None) -> Categorizer:
-        return cls(load_pattern_rules(path or _patterns_path()))
+    def from_config(cls, path: Path | None = None, cues: Path | None = None) -> Categorizer:
+        return cls(
+            load_pattern_rules(path or _patterns_path()),
+            cues=load_cues(cues or config_path("error_cues.toml")),
+        )
 
     @property
     def patterns(self) -> PatternRuleSet:
@@ -109,20 +125,42 @@ class Categorizer:
             return Categorization.of(found[0], found[1])
         match = self._patterns.first_match(lowered)
         if match is not None:
+            if match.code in _CONSEQUENCES:
+                cause = self._earlier_cause(report)
+                if cause is not None:
+                    return cause
             return Categorization.of(match.code, f"pattern:{match.name}", match.severity)
-        return self._by_earlier_text(report)
+        return self._by_earlier_text(report, lowered)
 
-    def _by_earlier_text(self, report: ErrorReport) -> Categorization:
+    def _earlier_cause(self, report: ErrorReport) -> Categorization | None:
+        """A process death is the consequence; a limit named on the lines before it (a data
+        loader's "out of shared memory", an allocator's failure) is the cause, and what the
+        person can change."""
+        earlier = _earlier_lines(report)
+        match = self._patterns.first_match(earlier, _CAUSE_CATEGORIES) if earlier else None
+        if match is None:
+            return None
+        return Categorization.of(match.code, f"earlier-cause:{match.name}", match.severity)
+
+    def _by_earlier_text(self, report: ErrorReport, lowered: str) -> Categorization:
         """When the last error says nothing the rules know ("Broken pipe" from a pipe to
         ffmpeg), the lines before it often name the cause ("Unknown encoder 'libx264'", an
         exception the last one was raised while handling). Only the tail is read, and only
         its unindented lines: a traceback's frames and source lines are indented."""
-        tail = report.traceback[-_SCAN_CHARS:]
-        earlier = "\n".join(ln for ln in tail.splitlines() if ln and not ln[0].isspace())
+        earlier = _earlier_lines(report)
         if earlier:
-            match = self._patterns.first_match(earlier.lower())
+            match = self._patterns.first_match(earlier)
             if match is not None:
                 return Categorization.of(match.code, f"earlier:{match.name}", match.severity)
+        if self._cues is not None:
+            text = lowered[:_CUE_CHARS]
+            if _wordless(report.message):
+                # An exception without words (a bare `AssertionError`): the statement that
+                # raised it says what was checked ("assert n_frames % 8 == 1").
+                text = f"{text}\n{_raising_statement(report.traceback)}"
+            verdict = self._cues.decide(f"{text}\n{earlier[-_CUE_CHARS:]}" if earlier else text)
+            if verdict is not None:
+                return Categorization.of(verdict.code, CUE_RULE_PREFIX + "+".join(verdict.cues[:3]))
         return Categorization.of(ErrorCode.UNKNOWN_ERROR, "fallback")
 
     def _refine(
@@ -143,7 +181,32 @@ class Categorizer:
         return result
 
 
+def _earlier_lines(report: ErrorReport) -> str:
+    """The unindented lines of the traceback's tail, lowered: a traceback's frames and source
+    lines are indented, a log's own lines and chained exceptions are not."""
+    tail = report.traceback[-_SCAN_CHARS:]
+    return "\n".join(ln for ln in tail.splitlines() if ln and not ln[0].isspace()).lower()
+
+
+def _wordless(message: str) -> bool:
+    """No words of its own: empty, or only a class name ("AssertionError" pasted alone)."""
+    stripped = message.strip()
+    return not stripped or (" " not in stripped and stripped.endswith(("Error", "Exception")))
+
+
+def _raising_statement(traceback: str) -> str:
+    """The last source line of a traceback (the statement that raised), lowered; "" if none."""
+    lines = [ln.strip() for ln in traceback[-_SCAN_CHARS:].splitlines()]
+    for line in reversed(lines[:-1]):  # the last line is the exception itself
+        if line and not line.startswith(('File "', "Traceback")) and set(line) - set("^~ "):
+            return line.lower()
+    return ""
+
+
 _CODE_VALUES = frozenset(code.value for code in ErrorCode)
+# What a death or a stop says when something else was its cause (see `_earlier_cause`).
+_CONSEQUENCES = frozenset({ErrorCode.WORKER_CRASHED})
+_CAUSE_CATEGORIES = frozenset({Category.SYSTEM_RESOURCE, Category.VRAM_MEMORY})
 _MEMORY_CODES = frozenset(
     {ErrorCode.VRAM_EXHAUSTED, ErrorCode.VRAM_FRAGMENTED, ErrorCode.SYSTEM_HOST_MEMORY}
 )

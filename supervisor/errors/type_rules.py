@@ -98,9 +98,18 @@ def _by_http_status(report: ErrorReport, lowered: str) -> ErrorCode | None:
 
 
 def _by_stage(report: ErrorReport, lowered: str) -> ErrorCode:
-    # A validation error at the API edge is the request's fault; anywhere else it is ours
-    # (settings, the registry, a worker message).
-    return ErrorCode.INPUT_INVALID if report.stage is Stage.API else ErrorCode.CONFIG_INVALID
+    # A validation error at the API edge is the request's fault; in genvisor's own start-up
+    # or a worker message it is ours (settings, the registry). A pasted one (no stage known)
+    # is most often a host application refusing a request (a node graph's field, a UI's
+    # arguments), unless it names settings.
+    if report.stage is Stage.API:
+        return ErrorCode.INPUT_INVALID
+    if report.stage is Stage.UNKNOWN and not any(w in lowered for w in _SETTINGS_WORDS):
+        return ErrorCode.INPUT_INVALID
+    return ErrorCode.CONFIG_INVALID
+
+
+_SETTINGS_WORDS = ("settings", "config", "environment", ".toml", ".yaml", ".env", "genvisor_")
 
 
 def _by_sqlite_words(report: ErrorReport, lowered: str) -> ErrorCode | None:
