@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # resolving a bare `torch` to a CUDA build of several GB.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install serve test test-fast lint typecheck pytest bench drill tour clean
+.PHONY: install serve test test-fast lint typecheck pytest bench drill tour error-words clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ drill: install
 # The README's five-minute tour, every command in order, in a fresh GENVISOR_HOME.
 tour: install
 	$(BIN)/python bench/readme_tour.py
+
+# The categorizer's word model (config/error_words.json), trained again from tests/data's
+# labelled error texts after they change (a test fails until it is).
+error-words: install
+	$(BIN)/python -c "from supervisor.errors.word_model import main; main()"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -22,6 +22,15 @@ from supervisor.errors.cue_scores import (
     load_cues,
 )
 from supervisor.errors.literal_finder import LiteralFinder
+from supervisor.errors.word_model import (
+    WORD_RULE_PREFIX,
+    WordModel,
+    corpus_examples,
+    render,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _cue(name: str, code: ErrorCode, weight: float, *literals: str) -> Cue:
@@ -210,3 +219,52 @@ def test_explain_says_when_it_judged_from_words(capsys: pytest.CaptureFixture[st
     assert "No rule knows this exact error: judged from the words it uses" in out
     assert main(["explain", "CUDA out of memory."]) == 0
     assert "No rule knows" not in capsys.readouterr().out
+
+
+# -- the word model -------------------------------------------------------------------------
+
+
+def test_the_shipped_word_model_is_what_the_corpora_train() -> None:
+    """config/error_words.json is trained from tests/data (`make error-words`): a corpus
+    change without retraining fails here."""
+    trained = render(train(corpus_examples(REPO / "tests" / "data")))
+    shipped = (REPO / "config" / "error_words.json").read_text(encoding="utf-8")
+    assert shipped == trained, "run `make error-words`"
+
+
+def _model(**rows: list[int]) -> WordModel:
+    return WordModel([10] * 8, rows)
+
+
+def test_a_guess_needs_known_words_and_a_margin() -> None:
+    # Categories in order: input, model, vram, pipeline, system, config, fs, network.
+    model = _model(
+        socket=[0, 0, 0, 0, 0, 0, 0, 8],
+        handshake=[0, 0, 0, 0, 0, 0, 1, 7],
+        disk=[0, 0, 0, 0, 0, 0, 8, 0],
+    )
+    guess = model.guess("socket handshake stalled")
+    assert guess is not None
+    assert (guess.category, guess.code) == (Category.NETWORK, ErrorCode.NET_FAILED)
+    assert guess.words[0] in {"socket", "handshake"}
+    assert model.guess("socket stalled") is None  # one known word
+    assert model.guess("socket disk") is None  # a tie
+    assert model.guess("it did not work at all") is None  # function words are no words
+
+
+def test_a_word_model_file_of_other_categories_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "words.json"
+    path.write_text('{"version": 1, "categories": ["a"], "texts": [1], "words": {}}')
+    with pytest.raises(ConfigError, match="error_words"):
+        WordModel.load(path)
+
+
+def test_texts_of_programs_no_rule_knows_get_a_guess_that_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = "UR_RESULT_ERROR_OUT_OF_RESOURCES while allocating on xpu device"
+    verdict = default_categorizer().categorize(report_from_text(text))
+    assert verdict.category is Category.VRAM_MEMORY, verdict
+    assert verdict.rule.startswith(WORD_RULE_PREFIX)
+    assert main(["explain", text]) == 0
+    assert "judged from the words it uses (words: " in capsys.readouterr().out

@@ -15,6 +15,7 @@ from supervisor.errors.categorizer import default_categorizer
 from supervisor.errors.cue_scores import CUE_RULE_PREFIX
 from supervisor.errors.traceback_text import report_from_text
 from supervisor.errors.user_error import UserError, explain
+from supervisor.errors.word_model import WORD_RULE_PREFIX
 
 __all__ = ["register", "run", "summary"]
 
@@ -46,15 +47,24 @@ def run(args: argparse.Namespace) -> int:
     report = report_from_text(text, device=args.device)
     verdict = default_categorizer().categorize(report)
     _print_human(explain(report, verdict))
-    if verdict.rule.startswith(CUE_RULE_PREFIX):
-        # Invariant: say only what the text supports. Cues are words that lean one way
-        # (supervisor/errors/cue_scores.py), not a known error: the person is told so.
-        words = verdict.rule.removeprefix(CUE_RULE_PREFIX).replace("+", ", ")
+    guessed = _guessed_from(verdict.rule)
+    if guessed:
+        # Invariant: say only what the text supports. Cues and the word model read words that
+        # lean one way (supervisor/errors/cue_scores.py, word_model.py), not a known error:
+        # the person is told so.
         print(
-            f"\n(No rule knows this exact error: judged from the words it uses (cues: {words}); "
+            f"\n(No rule knows this exact error: judged from the words it uses ({guessed}); "
             "the advice may not fit.)"
         )
     return 0
+
+
+def _guessed_from(rule: str) -> str:
+    """The words or cues a guessed verdict rests on, for people; "" for a known error."""
+    for prefix, kind in ((CUE_RULE_PREFIX, "cues"), (WORD_RULE_PREFIX, "words")):
+        if rule.startswith(prefix):
+            return f"{kind}: " + rule.removeprefix(prefix).replace("+", ", ")
+    return ""
 
 
 def summary(text: str, device: str | None = None) -> dict[str, object]:

@@ -124,6 +124,8 @@ class ErrorCode(StrEnum):
     CONFIG_INCOMPATIBLE_VERSIONS = "CONFIG.INCOMPATIBLE_VERSIONS"
     CONFIG_HOME_IN_USE = "CONFIG.HOME_IN_USE"
     CONFIG_PORT_IN_USE = "CONFIG.PORT_IN_USE"
+    # The installation or set-up does not fit, the text does not say how (a guess: word_model).
+    CONFIG_FAILED = "CONFIG.FAILED"
 
     UNKNOWN_ERROR = "UNKNOWN.ERROR"
 
@@ -230,6 +232,7 @@ CODE_SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.CONFIG_INCOMPATIBLE_VERSIONS: CodeSpec(_H, False),
     ErrorCode.CONFIG_HOME_IN_USE: CodeSpec(_H, False),
     ErrorCode.CONFIG_PORT_IN_USE: CodeSpec(_H, False),
+    ErrorCode.CONFIG_FAILED: CodeSpec(_H, False),
     ErrorCode.UNKNOWN_ERROR: CodeSpec(_M, False),
 }
 

@@ -8,7 +8,8 @@ Order, first decision wins:
 3. the compiled text rules of config/error_patterns.toml (on the last error, then on the
    unindented lines before it);
 4. the weighted cues of config/error_cues.toml (cue_scores.py), when one category leads;
-5. `UNKNOWN.ERROR`.
+5. the word model's guess (word_model.py, config/error_words.json), when one category leads;
+6. `UNKNOWN.ERROR`.
 Then context may refine: an out-of-memory with enough reserved-but-unallocated memory becomes
 `VRAM.FRAGMENTED`; host-memory exhaustion becomes `VRAM.EXHAUSTED` when the pipeline runs on the
 CPU (host RAM is its device memory).
@@ -33,8 +34,9 @@ from supervisor.errors.pattern_rules import PatternRuleSet, load_pattern_rules
 from supervisor.errors.report import ErrorReport
 from supervisor.errors.traceback_text import extract_facts, is_fragmented
 from supervisor.errors.type_rules import TypeRuleTable, default_type_rules
+from supervisor.errors.word_model import WORD_RULE_PREFIX, WordModel
 
-__all__ = ["DEFAULT_PATTERNS_PATH", "Categorizer", "default_categorizer"]
+__all__ = ["DEFAULT_PATTERNS_PATH", "Categorizer", "default_categorizer", "words_text"]
 
 DEFAULT_PATTERNS_PATH = SHIPPED_CONFIG_DIR / "error_patterns.toml"
 
@@ -47,23 +49,28 @@ _CUE_CHARS = 800
 
 
 class Categorizer:
-    __slots__ = ("_cues", "_patterns", "_types")
+    __slots__ = ("_cues", "_patterns", "_types", "_words")
 
     def __init__(
         self,
         patterns: PatternRuleSet,
         types: TypeRuleTable | None = None,
         cues: CueScores | None = None,
+        words: WordModel | None = None,
     ) -> None:
         self._patterns = patterns
         self._types = types or default_type_rules()
         self._cues = cues
+        self._words = words
 
     @classmethod
-    def from_config(cls, path: Path | None = None, cues: Path | None = None) -> Categorizer:
+    def from_config(
+        cls, path: Path | None = None, cues: Path | None = None, words: Path | None = None
+    ) -> Categorizer:
         return cls(
             load_pattern_rules(path or _patterns_path()),
             cues=load_cues(cues or config_path("error_cues.toml")),
+            words=WordModel.load(words or config_path("error_words.json")),
         )
 
     @property
@@ -152,15 +159,17 @@ class Categorizer:
             match = self._patterns.first_match(earlier)
             if match is not None:
                 return Categorization.of(match.code, f"earlier:{match.name}", match.severity)
+        if self._cues is None and self._words is None:
+            return Categorization.of(ErrorCode.UNKNOWN_ERROR, "fallback")
+        text = _words_text(report, lowered, earlier)
         if self._cues is not None:
-            text = lowered[:_CUE_CHARS]
-            if _wordless(report.message):
-                # An exception without words (a bare `AssertionError`): the statement that
-                # raised it says what was checked ("assert n_frames % 8 == 1").
-                text = f"{text}\n{_raising_statement(report.traceback)}"
-            verdict = self._cues.decide(f"{text}\n{earlier[-_CUE_CHARS:]}" if earlier else text)
+            verdict = self._cues.decide(text)
             if verdict is not None:
                 return Categorization.of(verdict.code, CUE_RULE_PREFIX + "+".join(verdict.cues[:3]))
+        if self._words is not None:
+            guess = self._words.guess(text)
+            if guess is not None:
+                return Categorization.of(guess.code, WORD_RULE_PREFIX + "+".join(guess.words))
         return Categorization.of(ErrorCode.UNKNOWN_ERROR, "fallback")
 
     def _refine(
@@ -179,6 +188,23 @@ class Categorizer:
                     ErrorCode.VRAM_EXHAUSTED, result.rule + "+cpu-pipeline", Severity.HIGH
                 )
         return result
+
+
+def words_text(report: ErrorReport) -> str:
+    """The text the cues and the word model read for `report` (lowered)."""
+    head = report.message[:_SCAN_CHARS]
+    lowered = f"{report.exc_type}: {head}".lower() if report.exc_type else head.lower()
+    return _words_text(report, lowered, _earlier_lines(report))
+
+
+def _words_text(report: ErrorReport, lowered: str, earlier: str) -> str:
+    """The head of the last error and the end of the unindented lines before it, where the
+    deciding words are; for an exception without words (a bare `AssertionError`), also the
+    statement that raised it, which says what was checked ("assert n_frames % 8 == 1")."""
+    text = lowered[:_CUE_CHARS]
+    if _wordless(report.message):
+        text = f"{text}\n{_raising_statement(report.traceback)}"
+    return f"{text}\n{earlier[-_CUE_CHARS:]}" if earlier else text
 
 
 def _earlier_lines(report: ErrorReport) -> str:
