@@ -10,6 +10,10 @@ the same encode → denoise (latent) → decode → save MP4 + sidecar, timed ar
 runs alternate (supervised, direct, supervised, ...) with the same seed per pair; the first
 call of each (worker start-up and pipeline load) is excluded. While a direct call runs, this
 process's event loop is blocked, so nothing of the runtime competes with it in this process.
+Each measured run starts after `--gap` idle seconds (0.05): torch's threads, the worker's and
+this process's, spin for a while after each run, and on a 2-core machine a run that starts
+straight after the other path's measures that path's leftovers (back to back, `--gap 0`, the
+supervised runs took 1-2 ms longer each and the direct ones did not).
 
 Prints progress on stderr and one JSON object on its last stdout line: ``supervised_median_s``,
 ``direct_median_s``, ``ratio`` (of the medians), ``overhead_median_s`` (their difference),
@@ -148,7 +152,7 @@ async def _supervised(runtime: Any, log: EventLog, seed: int) -> dict[str, float
     }
 
 
-async def main(n: int) -> dict[str, Any]:
+async def main(n: int, gap: float) -> dict[str, Any]:
     # Other processes on this machine slow both paths alike (the runs alternate); noted anyway.
     load_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="genvisor-overhead-") as tmp:
@@ -167,7 +171,9 @@ async def main(n: int) -> dict[str, Any]:
             supervised: list[dict[str, float]] = []
             direct_runs: list[tuple[float, float]] = []
             for i in range(1, n + 1):
+                await anyio.sleep(gap)
                 supervised.append(await _supervised(runtime, log, seed=i))
+                time.sleep(gap)  # the loop may block: nothing of the runtime is measured now
                 direct_runs.append(direct.run(seed=i))
                 progress(
                     f"pair {i}/{n}: supervised {supervised[-1]['wall']:.3f}s, "
@@ -208,13 +214,20 @@ async def main(n: int) -> dict[str, Any]:
         },
         "size": f"{WIDTH}x{HEIGHT}x{FRAMES}, {STEPS} steps",
         "loadavg_1m": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        "gap_s": gap,
     }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=15, help="measured pairs (after the first)")
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.05,
+        help="idle seconds before each measured run (0: back to back, as before 2026-11-30)",
+    )
     args = parser.parse_args()
-    figures = anyio.run(main, args.n)
+    figures = anyio.run(main, args.n, args.gap)
     emit(figures)
     sys.exit(0)

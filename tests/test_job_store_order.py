@@ -122,22 +122,35 @@ async def test_the_job_just_accepted_first_in_line_is_the_next_without_a_read(
     store = AsyncJobStore.open(tmp_path / "jobs.sqlite3")
     with anyio.fail_after(10):
         assert await store.submit_and_place(_job("first", created=2)) == 1  # an int: stored REAL
-        known = store.sync.known_next()
-        assert known is not None
-        assert known == store.sync.next_queued()
-        assert isinstance(known.created_ts, float)
+        known, job = store.sync.known_next()
+        assert known
+        assert job is not None
+        assert job == store.sync.next_queued()
+        assert isinstance(job.created_ts, float)
         got = await store.next_queued()
-        assert got == known
-        assert got is not known  # a fresh job each time: callers change it
+        assert got == job
+        assert got is not job  # a fresh job each time: callers change it
         assert await store.submit_and_place(_job("behind", created=3.0)) == 2
-        assert store.sync.known_next() is None  # not first in line: SQLite answers
+        assert store.sync.known_next() == (False, None)  # not first in line: SQLite answers
         assert (await store.next_queued()).id == "first"  # type: ignore[union-attr]
         assert await store.submit_and_place(_job("urgent", created=4.0, priority=5)) == 1
         assert (await store.next_queued()).id == "urgent"  # type: ignore[union-attr]
         urgent = store.sync.get("urgent")
         assert urgent is not None
         urgent.status = JobStatus.RUNNING
-        await store.save(urgent)  # any write ends what the acceptance vouched for
-        assert store.sync.known_next() is None
-        assert (await store.next_queued()).id == "first"  # type: ignore[union-attr]
+        await store.save(urgent)  # a save reads what waits first, in its own transaction
+        known, job = store.sync.known_next()
+        assert known
+        assert job is not None
+        assert job.id == "first"
+        assert job == store.sync.next_queued()
+        store.sync.recover_interrupted()  # any other write ends what the save vouched for
+        assert store.sync.known_next() == (False, None)
+        for name in ("first", "behind", "urgent"):
+            done = store.sync.get(name)
+            assert done is not None
+            done.status = JobStatus.SUCCEEDED
+            await store.save(done)
+        assert store.sync.known_next() == (True, None)  # known: nothing waits
+        assert await store.next_queued() is None
         await store.close()

@@ -58,7 +58,9 @@ class Worker:
         self.interval = interval
         self.host = PipelineHost()
         self.model_name = ""
-        self.inbox: queue.Queue[ControlMessage] = queue.Queue()
+        # SimpleQueue: the reader thread's hand-off of a job to this thread is on every job's
+        # path, and needs no task tracking.
+        self.inbox: queue.SimpleQueue[ControlMessage] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._current: JobRun | None = None

@@ -1,6 +1,7 @@
 """The durable job store: SQLite in WAL mode in the data directory, and its face for the loop.
 
-Invariants: a job is committed before `submit` returns (so before the API answers 202);
+Invariants: a job is committed and synced before the API answers 202 (`submit`, or `accept`
+then `make_durable`, whose sync runs while the job is already visible and may start);
 the queue order is (priority desc, created asc, rowid asc); start-up turns every job left
 `running` or `retrying` by a dead server into `interrupted` and queues it again.
 
@@ -22,11 +23,12 @@ every readable job carried into a fresh one (supervisor/core/sqlite_salvage.py),
 from __future__ import annotations
 
 import builtins
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +85,9 @@ _UPDATE = (
 )
 # The statuses `next_queued` hands out, in the order of the `IN (?, ?, ?)` of the queries.
 _WAITING = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.INTERRUPTED)
+_NEXT_QUEUED = (
+    "SELECT * FROM jobs WHERE status IN (?, ?, ?) ORDER BY priority DESC, created_ts, rowid LIMIT 1"
+)
 
 
 def _select_job(db: sqlite3.Connection, job_id: str) -> sqlite3.Row | None:
@@ -100,8 +105,10 @@ _SALVAGE = SalvageSpec(
 
 
 class JobStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, fsync: Callable[[int], None] = os.fsync) -> None:
+        """`fsync`: how `make_durable` syncs a file descriptor (tests inject a recorder)."""
         self.path = Path(path)
+        self._fsync = fsync
         self._lock = threading.Lock()
         # The first corruption met while running; the file heals at the next start.
         self.damage: StoreCorrupted | None = None
@@ -113,13 +120,20 @@ class JobStore:
         # row of the job last accepted when it was first in the queue, with the count then:
         # see `known_next`.
         self._writes = 0
-        self._first_waiting: tuple[int, sqlite3.Row] | None = None
+        # (the write count then, the first waiting row or None when none waited) as the last
+        # accept or save saw it in its own transaction: see `known_next`.
+        self._first_waiting: tuple[int, sqlite3.Row | None] | None = None
+        # Whether the folder entry of the WAL file has been synced by `make_durable`.
+        self._dir_synced = False
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            # Where the journal could not be WAL (a file system without shared memory), an
+            # acceptance is made durable by its own FULL commit (see `accept`).
+            self._wal = str(mode).lower() == "wal"
             # NORMAL in WAL mode: every commit survives a crash or kill of the process; only the
             # acceptance of a job (`submit`) is also made to survive a power cut (FULL, below).
             db.execute("PRAGMA synchronous=NORMAL")
@@ -179,7 +193,43 @@ class JobStore:
         transaction, under the same lock: no other write can come between."""
         return self._accept(job, place=True)
 
-    def _accept(self, job: Job, *, place: bool) -> int | None:
+    def accept(self, job: Job) -> int | None:
+        """Commit the job, visible to every later call, and return its queue position; it
+        survives a crash or kill of the process at once, and a power cut once `make_durable`
+        has returned (which the API waits for before 202). Without WAL (see `_open`) the
+        commit is FULL and `make_durable` has nothing left to do."""
+        return self._accept(job, place=True, durable=not self._wal)
+
+    def make_durable(self) -> None:
+        """Every commit so far survives a power cut: the WAL file is synced, as SQLite's
+        synchronous=FULL syncs it at a commit. Runs beside the store's calls (it takes no
+        lock): a job waits for the disk only to be acknowledged, not to be started.
+
+        Invariant: the frames of a commit are in the WAL file until a checkpoint has copied them
+        into the database file, and under synchronous=NORMAL a checkpoint syncs the WAL before
+        copying and the database after; so a sync of the WAL at any time after the commit,
+        or its absence (checkpointed and truncated), leaves the commit durable."""
+        if not self._wal:
+            return
+        wal = Path(f"{self.path}-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+        if not self._dir_synced:
+            # Once: the WAL file's entry in its folder (SQLite syncs it with a FULL commit too).
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                self._fsync(folder)
+            finally:
+                os.close(folder)
+            self._dir_synced = True
+
+    def _accept(self, job: Job, *, place: bool, durable: bool = True) -> int | None:
         # Invariant (durability): the accepting commit alone runs with synchronous=FULL, so the
         # job survives a power cut once `submit` returns (the API answers 202 after it). Every
         # later write of the row (running, the outcome) commits with NORMAL: under WAL it
@@ -191,14 +241,16 @@ class JobStore:
         row = job.to_row()
         with self._lock, self._guard():
             self._writes += 1
-            self._db.execute("PRAGMA synchronous=FULL")
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
                 with self._transaction() as db:
                     db.execute(_INSERT, row)
                     position = self._position(job) if place else None
                     first = _select_job(db, job.id) if position == 1 else None
             finally:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
             self._first_waiting = (self._writes, first) if first is not None else None
         return position
 
@@ -206,9 +258,13 @@ class JobStore:
         self.save_row(job.to_row())
 
     def save_row(self, row: dict[str, Any]) -> None:
-        """`save` of a row taken earlier (`Job.to_row`), e.g. on the loop before a thread hop."""
+        """`save` of a row taken earlier (`Job.to_row`), e.g. on the loop before a thread hop.
+        The first waiting job is read in the same transaction: the dispatch that follows a
+        job's start or end then asks no thread (`known_next`)."""
         with self._tx() as db:
             db.execute(_UPDATE, row)
+            first = db.execute(_NEXT_QUEUED, _WAITING).fetchone()
+            self._first_waiting = (self._writes, first)
 
     def recover_interrupted(self) -> list[Job]:
         """Start-up: jobs a dead server left running are marked interrupted and queued again."""
@@ -262,26 +318,23 @@ class JobStore:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(dict(rows[0])) if rows else None
 
-    def known_next(self) -> Job | None:
-        """`next_queued`'s answer when it is known without reading the file, else None.
+    def known_next(self) -> tuple[bool, Job | None]:
+        """(True, `next_queued`'s answer) when it is known without reading the file, else
+        (False, None).
 
-        Invariant: the job accepted last was first in the queue when its transaction
-        committed, and no write has begun since (`_writes` is unchanged), so the file holds
-        what it held then: `next_queued` would read that very row. A fresh `Job` each call,
-        as from `next_queued` (callers change the job they get). Reads no SQLite and takes no
-        lock: the tuple and the count are each read whole, the tuple first, so a write begun
-        in between shows as a changed count."""
+        Invariant: the last accept or save read the first waiting job (or that none waited)
+        in its own transaction, and no write has begun since (`_writes` is unchanged), so the
+        file holds what it held then: `next_queued` would read that very row. A fresh `Job`
+        each call, as from `next_queued` (callers change the job they get). Reads no SQLite
+        and takes no lock: the tuple and the count are each read whole, the tuple first, so a
+        write begun in between shows as a changed count."""
         first = self._first_waiting
         if first is None or first[0] != self._writes or self.damage is not None:
-            return None
-        return Job.from_row(dict(first[1]))
+            return False, None
+        return True, Job.from_row(dict(first[1])) if first[1] is not None else None
 
     def next_queued(self) -> Job | None:
-        rows = self._query(
-            "SELECT * FROM jobs WHERE status IN (?, ?, ?) "
-            "ORDER BY priority DESC, created_ts, rowid LIMIT 1",
-            (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.INTERRUPTED),
-        )
+        rows = self._query(_NEXT_QUEUED, _WAITING)
         return Job.from_row(dict(rows[0])) if rows else None
 
     def list(
@@ -380,11 +433,41 @@ class AsyncJobStore:
         """`submit`, then the job's queue position, in one turn of the thread (one hop)."""
         return await self._run(lambda: self.sync.submit_and_place(job))
 
+    async def accept(self, job: Job) -> int | None:
+        """`JobStore.accept` on the store's thread: committed and visible, not yet synced."""
+        return await self._run(lambda: self.sync.accept(job))
+
+    async def make_durable(self) -> None:
+        """`JobStore.make_durable` on a thread of its own, beside the store's calls."""
+        await anyio.to_thread.run_sync(self.sync.make_durable)
+
     async def save(self, job: Job) -> None:
         # Invariant: the row is taken on the loop, before the hop: the thread never reads a job
         # the loop may be changing meanwhile (the running job's progress, say).
         row_of = job.to_row()
         await self._run(lambda: self.sync.save_row(row_of))
+
+    @asynccontextmanager
+    async def saving(self, job: Job) -> AsyncIterator[None]:
+        """`save(job)`, with the body run after the write is placed in the store's order and
+        before it is carried out: the body may tell others of the row (the generator, the
+        bus) without waiting for the disk, and every store call made after it (a client's
+        GET, the job's outcome) still sees the row, as the store's thread takes calls in turn.
+
+        Invariant: the store's token is taken before the body runs, with no turn of the loop
+        when it is free (`acquire_nowait`); the write runs in a thread after the body and
+        the token is given back after the write, whatever happens."""
+        row_of = job.to_row()
+        limiter = self._limiter
+        try:
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await limiter.acquire()
+        try:
+            yield
+            await anyio.to_thread.run_sync(lambda: self.sync.save_row(row_of))
+        finally:
+            limiter.release()
 
     async def recover_interrupted(self) -> builtins.list[Job]:
         return await self._run(self.sync.recover_interrupted)
@@ -414,9 +497,9 @@ class AsyncJobStore:
         await anyio.lowlevel.checkpoint()
         limiter = self._limiter
         if limiter.borrowed_tokens == 0 and limiter.statistics().tasks_waiting == 0:
-            known = self.sync.known_next()
-            if known is not None:
-                return known
+            known, job = self.sync.known_next()
+            if known:
+                return job
         return await self._run(self.sync.next_queued)
 
     async def list(

@@ -336,14 +336,18 @@ class Runtime:
         ]
 
     async def submit(self, job: Job) -> Job:
-        """Commit the job, then wake the supervisor: durable before anyone is told it exists.
-        The commit runs on the store's thread; the loop goes on meanwhile."""
+        """Commit the job, wake the supervisor, and return once the job survives a power cut
+        (the API answers 202 after it). The commit runs on the store's thread; the sync of the
+        disk runs while the supervisor already starts the job: the disk's latency (0.3-2 ms on
+        the test machine) is paid by the acknowledgement, not by the job. The bus is told at
+        the commit, as it is told of every event before its journal is synced."""
         two = job.model in self.registry and self.registry.get(job.model).experts == 2
         if two != job.options.two_experts:
             job = replace(job, options=job.options.model_copy(update={"two_experts": two}))
-        position = await self.store.submit_and_place(job)
+        position = await self.store.accept(job)
         self.bus.publish(ev.JobQueued(job_id=job.id, position=position or 0))
         self.supervisor.tell_nowait(JobSubmitted(job.id))
+        await self.store.make_durable()
         return job
 
     def shutdown(self) -> None:

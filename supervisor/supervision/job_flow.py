@@ -156,18 +156,20 @@ class JobFlow:
         started = attempt.started
         if self.placing:
             started = started.model_copy(update={"device": lane.device, "placement": placement})
-        # Invariant: the running row is written before the generator hears of the job, and the
-        # generator is told, `running` set and job.started published with no await between, so
-        # job.started comes before anything the attempt itself publishes.
-        await self.store.save(attempt.job)
+        # Invariant: the running row takes its place in the store's order before the generator
+        # hears of the job (every later read and the outcome's write come after it), and is
+        # written while the worker starts, not before; the generator is told, `running` set and
+        # job.started published with no await between, so job.started comes before anything
+        # the attempt itself publishes.
         try:
-            generator.tell_nowait(attempt.run)
+            async with self.store.saving(attempt.job):
+                generator.tell_nowait(attempt.run)
+                lane.running = attempt.job
+                self._ran_on[job.id] = lane
+                self._publish(started)
         except (ActorNotRunning, MailboxFull):
             await self.store.save(job)  # not started after all: waiting, as it was
             return False
-        lane.running = attempt.job
-        self._ran_on[job.id] = lane
-        self._publish(started)
         return True
 
     async def _dispatch_placed(self, state: State) -> None:
@@ -287,21 +289,24 @@ class JobFlow:
         fire: Callable[[Fire], None] | None = None,
         degraded: MutableMapping[str, str] | None = None,
     ) -> None:
-        """The job is written first; then the degraded reasons change and the steps are fired
-        and published in order, with no await between them (one state change, seen whole)."""
-        await self.store.save(decision.job)
-        self.recovering_job_id = decision.recovering_job_id
-        if degraded is not None:
-            degraded.update(decision.degrade)
-            for key in decision.restore:
-                degraded.pop(key, None)
-        for step in decision.steps:
-            if isinstance(step, Fire):
-                if fire is None:
-                    raise RuntimeError(f"a transition ({step.trigger}) outside the supervisor")
-                fire(step)
-            else:
-                self._publish(step)
+        """The job's row takes its place in the store's order first; then the degraded reasons
+        change and the steps are fired and published in order, with no await between them (one
+        state change, seen whole); then the row is written. Every store call made after the
+        steps (a client's GET after job.succeeded, the next dispatch) comes after the write:
+        the store's thread takes calls in turn (`AsyncJobStore.saving`)."""
+        async with self.store.saving(decision.job):
+            self.recovering_job_id = decision.recovering_job_id
+            if degraded is not None:
+                degraded.update(decision.degrade)
+                for key in decision.restore:
+                    degraded.pop(key, None)
+            for step in decision.steps:
+                if isinstance(step, Fire):
+                    if fire is None:
+                        raise RuntimeError(f"a transition ({step.trigger}) outside the supervisor")
+                    fire(step)
+                else:
+                    self._publish(step)
         # Bookkeeping for the next jobs (learned rung, calibration) after the person is told,
         # in a worker thread: a SQLite commit per job would otherwise hold the loop (and every
         # subscriber waiting for the event just published) for milliseconds. Awaited, so the
