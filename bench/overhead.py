@@ -173,7 +173,7 @@ async def main(n: int, gap: float) -> dict[str, Any]:
             for i in range(1, n + 1):
                 await anyio.sleep(gap)
                 supervised.append(await _supervised(runtime, log, seed=i))
-                time.sleep(gap)  # the loop may block: nothing of the runtime is measured now
+                await anyio.sleep(gap)
                 direct_runs.append(direct.run(seed=i))
                 progress(
                     f"pair {i}/{n}: supervised {supervised[-1]['wall']:.3f}s, "

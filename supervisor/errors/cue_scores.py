@@ -21,16 +21,20 @@ and the unindented lines before it (a pasted log's earlier lines often carry the
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from supervisor.core.exceptions import ConfigError
 from supervisor.errors.categories import Category, ErrorCode
 from supervisor.errors.literal_finder import LiteralFinder
+from supervisor.errors.pattern_rules import (
+    LiteralsModel,
+    alternatives,
+    read_toml_models,
+    unique_names,
+)
 
 __all__ = [
     "CUE_RULE_PREFIX",
@@ -49,38 +53,14 @@ MIN_SCORE = 3.0
 MIN_LEAD = 1.0
 
 
-class _CueModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    code: ErrorCode
+class _CueModel(LiteralsModel):
     weight: float = Field(gt=0, le=5)
-    any: list[str] = Field(min_length=1)
-    regex: list[str] = Field(default_factory=list)
-
-    @field_validator("any")
-    @classmethod
-    def _lower_literals(cls, value: list[str]) -> list[str]:
-        for literal in value:
-            if literal != literal.lower() or not literal:
-                raise ValueError(f"literal {literal!r} must be non-empty lower case")
-        return value
 
     @field_validator("code")
     @classmethod
     def _known_category(cls, value: ErrorCode) -> ErrorCode:
         if value.category is Category.UNKNOWN:
             raise ValueError("a cue points to a category: UNKNOWN is what no cue says")
-        return value
-
-    @field_validator("regex")
-    @classmethod
-    def _compilable(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"regex {pattern!r} does not compile: {exc}") from exc
         return value
 
 
@@ -193,30 +173,18 @@ def _found(cue: Cue, text: str, positions: list[int]) -> bool:
 
 
 def load_cues(path: Path) -> CueScores:
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        parsed = _FileModel.model_validate(raw)
-    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ConfigError(
-            key="error_cues", value=str(path), allowed=f"a valid cues file ({exc})"
-        ) from exc
-    names = [c.name for c in parsed.cue]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(key="error_cues", value=duplicates, allowed="unique cue names")
+    parsed = read_toml_models(path, _FileModel, key="error_cues", what="cues")
+    unique_names(parsed.cue, key="error_cues", what="cue")
     return CueScores([_compile(c) for c in parsed.cue])
 
 
 def _compile(model: _CueModel) -> Cue:
-    regex = (
-        # MULTILINE: `^` and `$` are a line's ends (see `_found`).
-        re.compile("|".join(f"(?:{p})" for p in model.regex), re.MULTILINE) if model.regex else None
-    )
     return Cue(
         name=model.name,
         code=model.code,
         category=model.code.category,
         weight=model.weight,
         literals=tuple(model.any),
-        regex=regex,
+        # MULTILINE: `^` and `$` are a line's ends (see `_found`).
+        regex=alternatives(model.regex, re.MULTILINE),
     )

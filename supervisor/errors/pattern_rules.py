@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -20,19 +21,29 @@ from supervisor.core.exceptions import ConfigError
 from supervisor.errors.categories import Category, ErrorCode, Severity
 from supervisor.errors.literal_finder import LiteralFinder
 
-__all__ = ["PatternRule", "PatternRuleSet", "load_pattern_rules"]
+__all__ = [
+    "LiteralsModel",
+    "PatternRule",
+    "PatternRuleSet",
+    "alternatives",
+    "load_pattern_rules",
+    "read_toml_models",
+    "unique_names",
+]
+
+M = TypeVar("M", bound=BaseModel)
 
 
-class _RuleModel(BaseModel):
+class LiteralsModel(BaseModel):
+    """What a text rule and a cue (cue_scores.py) both are: a name, a code, lower-case
+    literals and optional regexes, checked when the file is read."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     code: ErrorCode
     any: list[str] = Field(min_length=1)
     regex: list[str] = Field(default_factory=list)
-    severity: Severity | None = None
-    # The code to use instead when the pipeline runs on the CPU (host RAM is device memory).
-    cpu_pipeline_code: ErrorCode | None = None
 
     @field_validator("any")
     @classmethod
@@ -51,6 +62,12 @@ class _RuleModel(BaseModel):
             except re.error as exc:
                 raise ValueError(f"regex {pattern!r} does not compile: {exc}") from exc
         return value
+
+
+class _RuleModel(LiteralsModel):
+    severity: Severity | None = None
+    # The code to use instead when the pipeline runs on the CPU (host RAM is device memory).
+    cpu_pipeline_code: ErrorCode | None = None
 
 
 class _FileModel(BaseModel):
@@ -122,34 +139,41 @@ class PatternRuleSet:
         return None
 
 
-def load_pattern_rules(path: Path) -> PatternRuleSet:
+def read_toml_models(path: Path, file_model: type[M], *, key: str, what: str) -> M:
+    """`path` read and checked by `file_model`; any fault is a ConfigError naming `key`."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        parsed = _FileModel.model_validate(raw)
+        return file_model.model_validate(raw)
     except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise ConfigError(
-            key="error_patterns", value=str(path), allowed=f"a valid rules file ({exc})"
-        ) from exc
-    names = [r.name for r in parsed.rule]
+        raise ConfigError(key=key, value=str(path), allowed=f"a valid {what} file ({exc})") from exc
+
+
+def unique_names(models: Sequence[LiteralsModel], *, key: str, what: str) -> None:
+    names = [m.name for m in models]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ConfigError(key="error_patterns", value=duplicates, allowed="unique rule names")
+        raise ConfigError(key=key, value=duplicates, allowed=f"unique {what} names")
+
+
+def alternatives(patterns: Sequence[str], flags: int) -> re.Pattern[str] | None:
+    """One regex matching any of `patterns` (None for none)."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns), flags) if patterns else None
+
+
+def load_pattern_rules(path: Path) -> PatternRuleSet:
+    parsed = read_toml_models(path, _FileModel, key="error_patterns", what="rules")
+    unique_names(parsed.rule, key="error_patterns", what="rule")
     return PatternRuleSet([_compile(r) for r in parsed.rule])
 
 
 def _compile(model: _RuleModel) -> PatternRule:
     # Rules run on lowered text, so the regexes are written in lower case; IGNORECASE stays on
     # for safety when a rule author writes an upper-case class like `\bCUDA\b`.
-    regex = (
-        re.compile("|".join(f"(?:{p})" for p in model.regex), re.IGNORECASE)
-        if model.regex
-        else None
-    )
     return PatternRule(
         name=model.name,
         code=model.code,
         literals=tuple(model.any),
-        regex=regex,
+        regex=alternatives(model.regex, re.IGNORECASE),
         severity=model.severity,
         cpu_pipeline_code=model.cpu_pipeline_code,
     )

@@ -13,17 +13,13 @@ carried, `heal_report` set); a corruption error later becomes `StoreCorrupted`, 
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.core.sqlite_salvage import SalvageSpec, corruption_guard, open_healed
-from supervisor.core.store_health import StoreCorrupted, StoreHealReport
+from supervisor.core.sqlite_connection import OneConnectionStore
+from supervisor.core.sqlite_salvage import SalvageSpec
 from supervisor.errors.report import Stage
 from supervisor.recovery.preflight import Estimate, MemoryProfile, with_scales
 
@@ -102,7 +98,7 @@ def fit_scales(samples: list[PeakSample]) -> Calibration:
     )
 
 
-class CalibrationStore:
+class CalibrationStore(OneConnectionStore):
     """Measured peaks in SQLite, per (model, device); the newest `window` are fitted.
 
     One connection for the store's life (thread-safe: a lock), in WAL mode with
@@ -113,7 +109,6 @@ class CalibrationStore:
     0.5–5 ms on this project's test machine, every job.)"""
 
     def __init__(self, path: Path, *, window: int = 50) -> None:
-        self.path = path
         self.window = window
         # Invariant: a fit is recomputed only by a record for its (model, device), right there
         # (records run in a worker thread after a job): pre-flight, on the event loop, asks for
@@ -122,41 +117,9 @@ class CalibrationStore:
         # The newest `window` samples of each pair read or recorded so far, newest first: a
         # record refits from memory instead of reading them back.
         self._recent: dict[tuple[str, str], deque[PeakSample]] = {}
-        # The first corruption met while running; the file heals at the next start.
-        self.damage: StoreCorrupted | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # Set when the file was damaged at open. The file may hold other stores' tables (the
-        # runtime keeps learned strategies in it too): those rows are carried as well.
-        self.heal_report: StoreHealReport | None
-        self._db, self.heal_report = open_healed(path, _SALVAGE, self._create)
-
-    def _create(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            with db:
-                db.execute(_SCHEMA)
-        except BaseException:
-            db.close()  # open_healed moves a damaged file aside: nothing may hold it open
-            raise
-        return db
-
-    def close(self) -> None:
-        """Close the connection (idempotent); later calls raise sqlite3.ProgrammingError."""
-        with self._lock:
-            self._db.close()
-
-    def _seen(self, damage: StoreCorrupted) -> None:
-        if self.damage is None:
-            self.damage = damage
-
-    @contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        """The connection in a transaction; corruption becomes StoreCorrupted."""
-        with corruption_guard(_SALVAGE.store, self.path, self._seen), self._lock, self._db:
-            yield self._db
+        super().__init__(
+            path, _SALVAGE, pragmas=("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
+        )
 
     def record(self, model: str, device: str, sample: PeakSample) -> None:
         pair = (model, device)

@@ -12,16 +12,12 @@ carried, `heal_report` set); a corruption error later becomes `StoreCorrupted`, 
 from __future__ import annotations
 
 import math
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.core.sqlite_salvage import SalvageSpec, corruption_guard, open_healed
-from supervisor.core.store_health import StoreCorrupted, StoreHealReport
+from supervisor.core.sqlite_connection import OneConnectionStore
+from supervisor.core.sqlite_salvage import SalvageSpec
 from supervisor.recovery.ladder import RungId
 
 __all__ = ["LearnedStrategies", "LearnedStrategy", "StrategyKey", "memory_key", "size_bucket"]
@@ -88,47 +84,14 @@ class LearnedStrategy:
     updated_at: float
 
 
-class LearnedStrategies:
+class LearnedStrategies(OneConnectionStore):
     """The table in its SQLite file, through one connection opened once (after healing).
 
     Invariant: every use of the connection holds `_lock` (the connection is shared by the
     event loop's thread and any worker thread a caller uses), one transaction at a time."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        # The first corruption met while running; the file heals at the next start.
-        self.damage: StoreCorrupted | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Set when the file was damaged at open. The file may hold other stores' tables (the
-        # runtime keeps calibration in it too): those rows are carried as well.
-        self.heal_report: StoreHealReport | None
-        self._lock = threading.Lock()
-        self._db, self.heal_report = open_healed(path, _SALVAGE, self._create)
-
-    def _create(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
-        try:
-            with db:
-                db.execute(_SCHEMA)
-        except BaseException:
-            db.close()  # open_healed moves a damaged file aside: nothing may hold it open
-            raise
-        return db
-
-    def close(self) -> None:
-        """Close the connection (idempotent); later calls raise sqlite3.ProgrammingError."""
-        with self._lock:
-            self._db.close()
-
-    def _seen(self, damage: StoreCorrupted) -> None:
-        if self.damage is None:
-            self.damage = damage
-
-    @contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        """The connection in a transaction; corruption becomes StoreCorrupted."""
-        with corruption_guard(_SALVAGE.store, self.path, self._seen), self._lock, self._db:
-            yield self._db
+        super().__init__(path, _SALVAGE)
 
     def remember(self, key: StrategyKey, rung: RungId) -> None:
         """Store the rung that worked; a different rung for the same key replaces it."""
