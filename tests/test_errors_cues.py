@@ -242,12 +242,14 @@ def test_a_guess_needs_known_words_and_a_margin() -> None:
         socket=[0, 0, 0, 0, 0, 0, 0, 8],
         handshake=[0, 0, 0, 0, 0, 0, 1, 7],
         disk=[0, 0, 0, 0, 0, 0, 8, 0],
+        runtimeerror=[1, 1, 1, 1, 1, 1, 1, 8],
     )
     guess = model.guess("socket handshake stalled")
     assert guess is not None
     assert (guess.category, guess.code) == (Category.NETWORK, ErrorCode.NET_FAILED)
     assert guess.words[0] in {"socket", "handshake"}
     assert model.guess("socket stalled") is None  # one known word
+    assert model.guess("runtimeerror: socket") is None  # a class name is no content word
     assert model.guess("socket disk") is None  # a tie
     assert model.guess("it did not work at all") is None  # function words are no words
 

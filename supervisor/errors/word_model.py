@@ -49,8 +49,9 @@ __all__ = [
 ]
 
 WORD_RULE_PREFIX = "words:"
-# At least this many known words, and the best category this far ahead of the next (a factor
-# of e in likelihood): a text of two common words ("the file") says nothing.
+# At least this many known words besides exception class names, and the best category this
+# far ahead of the next (natural log of the likelihood ratio: 0.5 is a factor of 1.65): a text
+# of a class name and one word ("RuntimeError: a bug") says nothing.
 MIN_WORDS = 2
 MIN_MARGIN = 0.5
 MIN_TEXTS_PER_WORD = 2
@@ -70,6 +71,7 @@ _STOPWORDS = frozenset(
     works working fail failed failure issue problem help thanks
     """.split()
 )
+_CLASS_NAME = re.compile(r"(error|exception|warning)$")
 _HEXLIKE = re.compile(r"(?=[a-f0-9]*\d)[a-f0-9]{6,}|\w*\d{4,}\w*")
 # What a guess says: the general code of each category (its message claims nothing more).
 GUESS_CODES: dict[Category, ErrorCode] = {
@@ -136,7 +138,9 @@ class WordModel:
 
     def guess(self, text: str) -> WordVerdict | None:
         known = [(word, self._weights[word]) for word in words_of(text) if word in self._weights]
-        if len(known) < MIN_WORDS:
+        # An exception's class name ("runtimeerror") leans, but is no content: a generic bug's
+        # "RuntimeError: a bug in the router" has one word, and stays unknown.
+        if sum(not _CLASS_NAME.search(word) for word, _ in known) < MIN_WORDS:
             return None
         scores = list(self._log_prior)
         for _, weights in known:
