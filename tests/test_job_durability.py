@@ -94,3 +94,51 @@ async def test_the_store_goes_on_while_the_disk_syncs(tmp_path: Path) -> None:
             assert stored.status is JobStatus.RUNNING
             release.set()
     await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_row_told_of_before_it_is_written_is_read_after_the_write(tmp_path: Path) -> None:
+    """`saving`: the row's place in the store's order is taken before the body tells anyone;
+    a read asked for during the body runs after the write."""
+    store = AsyncJobStore(JobStore(tmp_path / "jobs.sqlite3"))
+    job = _job("a")
+    with anyio.fail_after(10):
+        await store.accept(job)
+        job.status = JobStatus.RUNNING
+        seen: list[JobStatus] = []
+
+        async def read() -> None:
+            got = await store.get("a")
+            assert got is not None
+            seen.append(got.status)
+
+        async with anyio.create_task_group() as tg:
+            async with store.saving(job):
+                tg.start_soon(read)
+                await anyio.wait_all_tasks_blocked()
+                assert seen == []  # the read waits for the row's write
+        assert seen == [JobStatus.RUNNING]
+    await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_body_that_fails_cancels_the_write_unless_asked_otherwise(tmp_path: Path) -> None:
+    store = AsyncJobStore(JobStore(tmp_path / "jobs.sqlite3"))
+    job = _job("a")
+    with anyio.fail_after(10):
+        await store.accept(job)
+        job.status = JobStatus.RUNNING
+        with pytest.raises(RuntimeError, match="not taken"):
+            async with store.saving(job):
+                raise RuntimeError("not taken")
+        stored = await store.get("a")
+        assert stored is not None
+        assert stored.status is JobStatus.QUEUED
+        job.status = JobStatus.SUCCEEDED
+        with pytest.raises(RuntimeError, match="telling failed"):
+            async with store.saving(job, even_on_error=True):
+                raise RuntimeError("telling failed")
+        stored = await store.get("a")
+        assert stored is not None
+        assert stored.status is JobStatus.SUCCEEDED
+    await store.close()

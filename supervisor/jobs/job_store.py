@@ -448,7 +448,7 @@ class AsyncJobStore:
         await self._run(lambda: self.sync.save_row(row_of))
 
     @asynccontextmanager
-    async def saving(self, job: Job) -> AsyncIterator[None]:
+    async def saving(self, job: Job, *, even_on_error: bool = False) -> AsyncIterator[None]:
         """`save(job)`, with the body run after the write is placed in the store's order and
         before it is carried out: the body may tell others of the row (the generator, the
         bus) without waiting for the disk, and every store call made after it (a client's
@@ -456,7 +456,9 @@ class AsyncJobStore:
 
         Invariant: the store's token is taken before the body runs, with no turn of the loop
         when it is free (`acquire_nowait`); the write runs in a thread after the body and
-        the token is given back after the write, whatever happens."""
+        the token is given back after the write, whatever happens. A body that raises cancels
+        the write (a job the generator would not take stays as it was), unless `even_on_error`
+        (an outcome is written even when telling of it failed)."""
         row_of = job.to_row()
         limiter = self._limiter
         try:
@@ -464,7 +466,13 @@ class AsyncJobStore:
         except anyio.WouldBlock:
             await limiter.acquire()
         try:
-            yield
+            try:
+                yield
+            except BaseException:
+                if even_on_error:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(lambda: self.sync.save_row(row_of))
+                raise
             await anyio.to_thread.run_sync(lambda: self.sync.save_row(row_of))
         finally:
             limiter.release()

@@ -294,7 +294,7 @@ class JobFlow:
         state change, seen whole); then the row is written. Every store call made after the
         steps (a client's GET after job.succeeded, the next dispatch) comes after the write:
         the store's thread takes calls in turn (`AsyncJobStore.saving`)."""
-        async with self.store.saving(decision.job):
+        async with self.store.saving(decision.job, even_on_error=True):
             self.recovering_job_id = decision.recovering_job_id
             if degraded is not None:
                 degraded.update(decision.degrade)
