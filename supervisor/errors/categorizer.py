@@ -80,10 +80,7 @@ class Categorizer:
     def categorize(
         self, report: ErrorReport, context: CategorizationContext | None = None
     ) -> Categorization:
-        # The class name is part of the text the rules read: a pasted `DefaultCPUAllocator: not
-        # enough memory` puts the deciding word where a class name would be.
-        head = report.message[:_SCAN_CHARS]
-        lowered = f"{report.exc_type}: {head}".lower() if report.exc_type else head.lower()
+        lowered = _lowered(report)
         result = self._by_type(report, lowered)
         if result is None:
             result = self._by_text(report, lowered)
@@ -192,9 +189,15 @@ class Categorizer:
 
 def words_text(report: ErrorReport) -> str:
     """The text the cues and the word model read for `report` (lowered)."""
+    return _words_text(report, _lowered(report), _earlier_lines(report))
+
+
+def _lowered(report: ErrorReport) -> str:
+    """The text every rule reads: the class name and the head of the message, lowered. The
+    class name is part of it: a pasted `DefaultCPUAllocator: not enough memory` puts the
+    deciding word where a class name would be."""
     head = report.message[:_SCAN_CHARS]
-    lowered = f"{report.exc_type}: {head}".lower() if report.exc_type else head.lower()
-    return _words_text(report, lowered, _earlier_lines(report))
+    return f"{report.exc_type}: {head}".lower() if report.exc_type else head.lower()
 
 
 def _words_text(report: ErrorReport, lowered: str, earlier: str) -> str:

@@ -86,12 +86,6 @@ class PatternRule:
     severity: Severity | None
     cpu_pipeline_code: ErrorCode | None
 
-    def matches(self, lowered: str) -> bool:
-        for literal in self.literals:
-            if literal in lowered:
-                return self.regex is None or self.regex.search(lowered) is not None
-        return False
-
 
 class PatternRuleSet:
     """An ordered list of compiled rules."""

@@ -116,12 +116,10 @@ class JobStore:
         # DEGRADED with `heal_report.reason()`.
         self.heal_report: StoreHealReport | None
         self._db, self.heal_report = open_healed(self.path, _SALVAGE, self._open)
-        # Writes begun on this store (each counts before it starts, under the lock), and the
-        # row of the job last accepted when it was first in the queue, with the count then:
-        # see `known_next`.
+        # Writes begun on this store (each counts before it starts, under the lock), and (the
+        # count then, the first waiting row or None when none waited) as the last accept or
+        # save saw it in its own transaction: see `known_next`.
         self._writes = 0
-        # (the write count then, the first waiting row or None when none waited) as the last
-        # accept or save saw it in its own transaction: see `known_next`.
         self._first_waiting: tuple[int, sqlite3.Row | None] | None = None
         # Whether the folder entry of the WAL file has been synced by `make_durable`.
         self._dir_synced = False
@@ -230,8 +228,9 @@ class JobStore:
             self._dir_synced = True
 
     def _accept(self, job: Job, *, place: bool, durable: bool = True) -> int | None:
-        # Invariant (durability): the accepting commit alone runs with synchronous=FULL, so the
-        # job survives a power cut once `submit` returns (the API answers 202 after it). Every
+        # Invariant (durability): the accepting commit alone is made to survive a power cut
+        # before the API answers 202: with synchronous=FULL here (`submit`, or `accept` without
+        # WAL), or by `make_durable` syncing the WAL after a NORMAL commit (`accept`). Every
         # later write of the row (running, the outcome) commits with NORMAL: under WAL it
         # survives a crash or kill of the process; a power cut may take the row back to an
         # earlier status (the WAL keeps commits in order), never before this insert: a job back

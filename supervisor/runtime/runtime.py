@@ -320,8 +320,7 @@ class Runtime:
         with anyio.CancelScope(shield=True):
             await self.store.close()
         self.strategies.close()
-        for parts in self.device_parts:
-            parts.accounting.calibration.close()
+        self.calibration.close()  # one store, shared by every device's parts
         self.home_lock.release()
 
     def stores(self) -> list[tuple[str, Any]]:
