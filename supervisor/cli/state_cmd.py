@@ -95,7 +95,8 @@ def render_state(body: dict[str, Any]) -> None:
             str(c.get("status", "")),
             f"{c['restarts_in_window']}/{c['max_restarts']} in {c['period_s']:g} s",
             str(c.get("pid") or ""),
-            escape(f"{last.get('type', '')}: {last.get('message', '')}"[:80]) if last else "",
+            # The words, as the status page shows them: a class's dotted path is for `--json`.
+            escape((last.get("message") or last.get("type", ""))[:80]) if last else "",
         )
     console.print(children)
     devices = body.get("devices", [])
