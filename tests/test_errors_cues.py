@@ -11,8 +11,15 @@ import pytest
 from supervisor.cli.main import main
 from supervisor.core.exceptions import ConfigError
 from supervisor.core.settings import config_path
-from supervisor.errors import Category, ErrorCode, default_categorizer, report_from_text
-from supervisor.errors.categorizer import Categorizer
+from supervisor.errors import (
+    Category,
+    ErrorCode,
+    ErrorReport,
+    Stage,
+    default_categorizer,
+    report_from_text,
+)
+from supervisor.errors.categorizer import Categorizer, words_text
 from supervisor.errors.cue_scores import (
     CUE_RULE_PREFIX,
     MIN_LEAD,
@@ -28,6 +35,7 @@ from supervisor.errors.word_model import (
     corpus_examples,
     render,
     train,
+    words_of,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,6 +207,42 @@ def test_a_bare_assertion_is_read_from_its_assert_statement() -> None:
     )
     verdict = default_categorizer().categorize(report_from_text(text))
     assert verdict.category is Category.INPUT_VALIDATION, verdict
+
+
+def _server_traceback(site: str) -> str:
+    frames = "".join(
+        f'  File "{site}/starlette/{name}.py", line {n}, in wrapped_app\n'
+        f"    await app(scope, receive, sender)\n"
+        for n, name in enumerate(["middleware/errors", "_exception_handler", "routing"] * 8)
+    )
+    return f"Traceback (most recent call last):\n{frames}RuntimeError: a bug outside the router"
+
+
+@pytest.mark.parametrize("extra", range(0, 90, 3))
+def test_where_the_tail_is_cut_does_not_change_the_verdict(extra: int) -> None:
+    """Found by CI in a checkout at another path: the scanned tail cut a frame line in two,
+    and its path ("/venv/lib/python3.11/site-packages/...") became words for a guess."""
+    site = "/" + "x" * extra + "/.venv/lib/python3.11/site-packages"
+    tb = _server_traceback(site)
+    assert len(tb) > 2500  # longer than the tail the rules read
+    report = ErrorReport(
+        exc_type="RuntimeError", message="a bug outside the router", traceback=tb, stage=Stage.API
+    )
+    assert "site-packages" not in words_text(report)
+    assert default_categorizer().categorize(report).code is ErrorCode.UNKNOWN_ERROR
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "/home/ana/.venv/lib/python3.11/site-packages",
+        "c:\\users\\bo\\appdata\\local\\programs\\python\\python311\\lib",
+        "/opt/conda/envs/wan/lib/python3.10",
+    ],
+)
+def test_the_install_folder_is_no_word(where: str) -> None:
+    text = f'file "{where}/diffusers/loader.py" cannot load model_index.json from tiny/wan'
+    assert words_of(text) == {"file", "load", "model_index", "json", "tiny", "wan"}
 
 
 def test_a_death_after_a_named_limit_is_the_limit() -> None:

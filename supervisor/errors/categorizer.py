@@ -207,13 +207,33 @@ def _words_text(report: ErrorReport, lowered: str, earlier: str) -> str:
     text = lowered[:_CUE_CHARS]
     if _wordless(report.message):
         text = f"{text}\n{_raising_statement(report.traceback)}"
-    return f"{text}\n{earlier[-_CUE_CHARS:]}" if earlier else text
+    return f"{text}\n{_whole_lines_tail(earlier, _CUE_CHARS)}" if earlier else text
+
+
+def _whole_lines_tail(text: str, limit: int) -> str:
+    """The last `limit` characters of `text`, less the line they cut into (the word, when
+    they hold no line break).
+
+    Invariant: no part-line reaches a rule. A cut in the middle of a traceback's frame line
+    leaves its path unindented (`"/venv/lib/python3.11/site-packages/..."`), read as one of the
+    log's own lines; which words it holds depends on how long the install's path is."""
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    if text[-limit - 1] == "\n":
+        return tail
+    _, newline, rest = tail.partition("\n")
+    if newline:
+        return rest
+    # One line longer than the limit (a log without newlines): cut at a word instead.
+    _, space, rest = tail.partition(" ")
+    return rest if space else ""
 
 
 def _earlier_lines(report: ErrorReport) -> str:
     """The unindented lines of the traceback's tail, lowered: a traceback's frames and source
     lines are indented, a log's own lines and chained exceptions are not."""
-    tail = report.traceback[-_SCAN_CHARS:]
+    tail = _whole_lines_tail(report.traceback, _SCAN_CHARS)
     return "\n".join(ln for ln in tail.splitlines() if ln and not ln[0].isspace()).lower()
 
 
@@ -225,7 +245,7 @@ def _wordless(message: str) -> bool:
 
 def _raising_statement(traceback: str) -> str:
     """The last source line of a traceback (the statement that raised), lowered; "" if none."""
-    lines = [ln.strip() for ln in traceback[-_SCAN_CHARS:].splitlines()]
+    lines = [ln.strip() for ln in _whole_lines_tail(traceback, _SCAN_CHARS).splitlines()]
     for line in reversed(lines[:-1]):  # the last line is the exception itself
         if line and not line.startswith(('File "', "Traceback")) and set(line) - set("^~ "):
             return line.lower()

@@ -72,6 +72,10 @@ _STOPWORDS = frozenset(
     """.split()
 )
 _CLASS_NAME = re.compile(r"(error|exception|warning)$")
+# A file path with two separators or more ("/venv/lib/python3.11/site-packages/x.py",
+# "c:\\users\\me\\appdata\\..."): where the program is installed says nothing of what failed,
+# and read as words it made the guess depend on the install's folder names.
+_PATH = re.compile(r"(?:[a-z]:)?[\\/]?(?:[\w.~-]+[\\/]){2,}[\w.~-]*")
 _HEXLIKE = re.compile(r"(?=[a-f0-9]*\d)[a-f0-9]{6,}|\w*\d{4,}\w*")
 # What a guess says: the general code of each category (its message claims nothing more).
 GUESS_CODES: dict[Category, ErrorCode] = {
@@ -92,7 +96,7 @@ def words_of(text: str) -> set[str]:
     addresses ("a38b7bcf") are no words."""
     return {
         word
-        for word in _WORD.findall(text)
+        for word in _WORD.findall(_PATH.sub(" ", text))
         if word not in _STOPWORDS and not _HEXLIKE.fullmatch(word)
     }
 
