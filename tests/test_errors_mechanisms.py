@@ -78,6 +78,19 @@ def _case(source: str) -> dict[str, str]:
         ("https://github.com/huggingface/trl/issues/4323", ErrorCode.MODEL_NOT_FOUND),
         # diffusers: a checkpoint tensor whose shape is not the model's.
         ("https://github.com/levihsu/OOTDiffusion/issues/34", ErrorCode.MODEL_WEIGHTS_MISMATCH),
+        # ggml: cudaMalloc out of memory, then "error loading model": the memory decides.
+        ("https://github.com/ggml-org/llama.cpp/issues/20431", ErrorCode.VRAM_EXHAUSTED),
+        # Rust's "(os error 112)" beside a Windows path: ERROR_DISK_FULL, not Linux's EHOSTDOWN.
+        ("https://github.com/thewh1teagle/vibe/issues/651", ErrorCode.FS_DISK_FULL),
+        # ROCm's "no code object" for this GPU: the build has no kernels for it.
+        (
+            "https://github.com/easydiffusion/easydiffusion/issues/1477",
+            ErrorCode.CONFIG_UNSUPPORTED_HARDWARE,
+        ),
+        # ggml's own assertion on a tensor's dims, nothing else said.
+        ("https://github.com/ggml-org/llama.cpp/issues/8246", ErrorCode.PIPELINE_FAILED),
+        # kohya: "Please verify arguments".
+        ("https://github.com/bmaltais/kohya_ss/issues/3374", ErrorCode.INPUT_INVALID),
     ],
 )
 def test_mechanisms_on_the_texts_they_were_written_from(source: str, code: ErrorCode) -> None:

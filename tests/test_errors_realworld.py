@@ -85,5 +85,8 @@ def test_windows_error_numbers_decide_in_any_language() -> None:
         ("OSError: [WinError 1455] Le fichier de pagination est insuffisant", "SYSTEM.HOST_MEMORY"),
         ("Caused by: An existing connection was closed (os error 10054)", "NET.CONNECTION_LOST"),
         ("x: ConnectionResetError(10054, 'Se ha forzado la interrupción')", "NET.CONNECTION_LOST"),
+        # Rust's `(os error N)` is the platform's number: Windows' beside a Windows path.
+        ("writing C:\\Users\\a\\m.bin: Acceso denegado. (os error 5)", "FS.PERMISSION"),
+        ("writing /home/a/m.bin: Input/output error (os error 5)", "FS.IO_ERROR"),
     ]:
         assert categorizer.categorize(report_from_text(text)).code.value == code, text

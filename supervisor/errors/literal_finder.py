@@ -2,13 +2,16 @@
 
 The text rules and the cues gate each regex behind literals (hundreds in all). Searching the
 text for each literal in turn costs a scan per literal; this compiles every literal into one
-trie-shaped regex (`(?=(a(?:b|lloc)|m(?:alloc|emory)))`), tried at each position of the text
-once, and maps each occurrence back to the items (rules, cues) that hold that literal.
+trie-shaped regex (`(a(?:b|lloc)|m(?:alloc|emory))`), searched from each match's position + 1,
+and maps each occurrence back to the items (rules, cues) that hold that literal.
 
 Invariant: the set of items found equals what `any(literal in text for literal in item)` gives
-for each item. The lookahead is tried at every position, so overlapping literals are all seen;
-at one position the trie gives the longest literal, and every literal that is a prefix of it
-is credited with it (`_holders` is built over prefixes).
+for each item. A search from the position after the last match's start finds the next position
+where any literal begins, so overlapping literals are all seen; at one position the trie gives
+the longest literal, and every literal that is a prefix of it is credited with it (`_holders` is
+built over prefixes). A search, not a lookahead tried at each position (`(?=(...))`): the regex
+engine skips characters no literal starts with (its first-character set), 13 -> 10.5 us a text
+over the corpora.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class LiteralFinder:
                 if any(found.startswith(literal) for literal in literals)
             )
         self._holders = holders
-        self._regex = re.compile(f"(?=({_trie_pattern(every)}))") if every else None
+        self._regex = re.compile(f"({_trie_pattern(every)})") if every else None
 
     def occurrences(self, text: str) -> Iterator[tuple[int, int]]:
         """(item index, position of the literal in `text`) for every occurrence, in text
@@ -43,10 +46,13 @@ class LiteralFinder:
         if self._regex is None:
             return
         holders = self._holders
-        for match in self._regex.finditer(text):
+        search = self._regex.search
+        match = search(text)
+        while match is not None:
             position = match.start()
             for index in holders[match.group(1)]:
                 yield index, position
+            match = search(text, position + 1)
 
     def items(self, text: str) -> set[int]:
         """The indexes of the items with a literal in `text`."""
@@ -54,8 +60,11 @@ class LiteralFinder:
             return set()
         found: set[int] = set()
         holders = self._holders
-        for match in self._regex.finditer(text):
+        search = self._regex.search
+        match = search(text)
+        while match is not None:
             found.update(holders[match.group(1)])
+            match = search(text, match.start() + 1)
         return found
 
 

@@ -122,6 +122,7 @@ _POSIX_LAST = 133  # the highest errno Linux defines
 # `[WinError 32]`, and Python 2's `WindowsError: [Error 32]` (old tools still print it).
 _WINERROR_RE = re.compile(r"\[winerror (\d+)\]|windowserror: \[error (\d+)\]")
 _ERRNO_RE = re.compile(r"\[errno (-?\d+)\]|\(?errno (\d+)\)?|\(os error (\d+)\)")
+_WINDOWS_PATH_RE = re.compile(r"(?<![\w])[A-Za-z]:\\\\?\w")
 # The repr of a builtin OSError (sub)class: `ConnectionResetError(10054, '...'`.
 _REPR_RE = re.compile(
     r"\b(?:os|io|environment|connection(?:reset|aborted|refused)?|permission|filenotfound"
@@ -150,11 +151,20 @@ def os_error_code(report: ErrorReport, lowered: str) -> tuple[ErrorCode, str] | 
     number = _number(report, lowered)
     if number is None:
         return None
-    if number >= _WSA_FIRST or (number > _POSIX_LAST and "os error" in lowered):
+    rust_on_windows = "os error" in lowered and (number > _POSIX_LAST or _on_windows(report))
+    if number >= _WSA_FIRST or rust_on_windows:
         code = WINERROR_CODES.get(number)
         return (code, f"winerror:{number}") if code is not None else None
     code = ERRNO_CODES.get(number)
     return (code, f"errno:{number}") if code is not None else None
+
+
+def _on_windows(report: ErrorReport) -> bool:
+    """The report names a Windows path (`C:\\Users\\...`). Rust's `(os error N)` is the
+    platform's own number: on Windows a system error code, where 112 is a full disk, not
+    Linux's EHOSTDOWN."""
+    path = _WINDOWS_PATH_RE.search
+    return bool(path(report.message) or path(report.traceback))
 
 
 def _number(report: ErrorReport, lowered: str) -> int | None:
