@@ -11,6 +11,8 @@ Served (repo id `org/name`, revision `main` or the commit):
                                                 Range -> 206 with Content-Range
 `HubServer.file_metadata = False` answers the model info with file names only (no size, blob id
 or LFS hash), as some mirrors do; the tree and paths-info APIs still describe each file.
+`HubServer.siblings = False` answers it with no file list at all (the tree API lists them);
+`HubServer.paths_info = False` has no paths-info route (404), as older mirrors.
 Faults (`HubServer.add_fault`): drop the connection mid-file, an HTTP status (500, 503, 404,
 401/403 gated with the Hub's X-Error-Code headers), a delay, wrong bytes; each for N requests.
 """
@@ -125,6 +127,8 @@ class HubServer:
         self.gated = False
         # False: the model info lists files by name only, as some Hub mirrors answer.
         self.file_metadata = True
+        self.siblings = True
+        self.paths_info = True
         self.requests: list[RequestRecord] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -155,6 +159,7 @@ class HubServer:
             self._faults.clear()
             self.requests.clear()
             self.gated = False
+            self.file_metadata = self.siblings = self.paths_info = True
 
     def gets(self, path_glob: str = "*") -> list[str]:
         """File paths of the GET /resolve requests seen, in order (one per request)."""
@@ -258,6 +263,7 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def _api(self, method: str, rest: list[str], query: dict[str, list[str]]) -> None:
         repo = self.server_hub.repo
+        paths_info = self.server_hub.paths_info
         if self._fault(method, "api", "api"):
             return
         if not rest or rest[0] == "revision":
@@ -270,11 +276,12 @@ class _HubHandler(BaseHTTPRequestHandler):
                 "gated": "manual" if self.server_hub.gated else False,
                 "tags": ["diffusers"], "library_name": "diffusers",
                 "lastModified": "2025-01-01T00:00:00.000Z",
-                "siblings": [
+            }  # fmt: skip
+            if self.server_hub.siblings:
+                body["siblings"] = [
                     repo.sibling(f) if self.server_hub.file_metadata else {"rfilename": f.path}
                     for f in repo.files.values()
-                ],
-            }  # fmt: skip
+                ]
             self._json(body, "api", method, "api")
         elif rest[0] == "tree" and len(rest) >= 2:
             if not self._revision_ok(rest[1], "api", method):
@@ -282,7 +289,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             prefix = "/".join(rest[2:])
             recursive = query.get("recursive", ["False"])[0].lower() == "true"
             self._json(self._tree(prefix, recursive), "api", method, "api")
-        elif rest[0] == "paths-info" and len(rest) >= 2 and method == "POST":
+        elif rest[0] == "paths-info" and len(rest) >= 2 and method == "POST" and paths_info:
             if not self._revision_ok(rest[1], "api", method):
                 return
             length = int(self.headers.get("Content-Length") or 0)

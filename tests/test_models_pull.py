@@ -143,3 +143,36 @@ def test_pickle_weights_are_refused_unless_allowed(
     # A folder that has safetensors never gets its pickle twin.
     assert "unet/diffusion_pytorch_model.bin" in fetched
     assert "text_encoder/model.bin" not in fetched
+
+
+def test_a_mirror_without_file_metadata_or_paths_info_is_read_from_each_files_headers(
+    hub: HubServer, store: ModelStore, entry: ModelEntry
+) -> None:
+    """Names only in the model info and no paths-info route (404): each file's HEAD gives its
+    hash (ETag / X-Linked-Etag) and size, and every byte is still checked against it."""
+    hub.file_metadata = False
+    hub.paths_info = False
+    plan = plan_pull(entry, store, access(hub))
+    assert [r.status for r in hub.requests if r.method == "POST"] == [404]
+    assert {r.path for r in hub.requests if r.method == "HEAD"} == {f.path for f in plan.files}
+    by_path = {f.path: f for f in plan.files}
+    big = hub.repo.files[BIG]
+    assert by_path[BIG].sha256 == big.sha256
+    assert by_path[BIG].size == len(big.data)
+    assert by_path["model_index.json"].git_oid == hub.repo.files["model_index.json"].git_oid
+    hub.add_fault(Fault(FaultKind.WRONG_BYTES, BIG, "GET", times=1))
+    result = pull_model(entry, store, access(hub))
+    assert hub.gets(BIG) == [BIG, BIG]  # the flipped byte was caught by the header's hash
+    manifest = read_manifest(store.home, entry.name)
+    assert manifest is not None
+    assert verify_model_dir(result.path, manifest, deep=True).ok
+
+
+def test_a_mirror_whose_model_info_lists_no_files_is_read_from_the_tree(
+    hub: HubServer, store: ModelStore, entry: ModelEntry
+) -> None:
+    listed = plan_pull(entry, store, access(hub)).files
+    hub.siblings = False
+    assert plan_pull(entry, store, access(hub)).files == listed
+    result = pull_model(entry, store, access(hub))
+    assert (result.path / BIG).read_bytes() == hub.repo.files[BIG].data

@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from huggingface_hub import HfApi, RepoFile, hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import constants as hf_constants
 
 from actors.models.hub_failures import HashMismatch, classify_failure, offline_error
 from actors.models.manifest import FileRecord, Manifest, file_sha256, git_blob_oid, write_manifest
-from actors.models.model_errors import DiskSpaceRefused, DownloadFailed, PickleWeightsRefused
+from actors.models.model_errors import DiskSpaceRefused, PickleWeightsRefused
 from actors.models.registry import ModelEntry, ModelSource
+from actors.models.revision_files import revision_records
 from actors.models.store import ModelStore
 from actors.models.verify import is_pickle_weight
 from supervisor.core.settings import Settings
-from supervisor.errors.categories import ErrorCode
 
 __all__ = [
     "DownloadProgress",
@@ -171,60 +171,16 @@ def plan_pull(
     )
     if info.sha is None:
         raise ValueError(f"the Hub gave no commit for {repo_id}@{entry.revision}")
-    records = [
-        FileRecord(
-            path=s.rfilename,
-            size=s.size if s.size is not None else (s.lfs.size if s.lfs else 0),
-            sha256=s.lfs.sha256 if s.lfs else None,
-            git_oid=None if s.lfs else s.blob_id,
-        )
-        for s in info.siblings or []
-    ]
-    if any(r.sha256 is None and r.git_oid is None for r in records):
-        records = _described(entry, access, api, info.sha, records)
+    records = revision_records(
+        entry, api, info.sha, info.siblings, access.endpoint,
+        lambda file, fn: _with_retries(entry, access, file, fn),
+    )  # fmt: skip
     all_names = {r.path for r in records}
     files = _select(entry, records, access.allow_pickle)
     wanted = [f for f in files if only is None or f.path in only]
     to_fetch = [f for f in wanted if not _present(store, entry, info.sha, f)]
     skipped = sorted(all_names - {f.path for f in files})
     return PullPlan(entry=entry, commit=info.sha, files=files, to_fetch=to_fetch, skipped=skipped)
-
-
-def _described(
-    entry: ModelEntry, access: HubAccess, api: HfApi, commit: str, records: list[FileRecord]
-) -> list[FileRecord]:
-    """Records completed from the paths-info API: some mirrors answer the model info with file
-    names only, and a file without its hash can be neither placed in the cache nor checked."""
-    repo_id = entry.repo_id
-    assert repo_id is not None
-    bare = [r.path for r in records if r.sha256 is None and r.git_oid is None]
-    answer = _with_retries(
-        entry, access, None, lambda: api.get_paths_info(repo_id, bare, revision=commit)
-    )
-    found = {f.path: f for f in answer if isinstance(f, RepoFile)}
-    completed = [_record_of(found[r.path]) if r.path in found else r for r in records]
-    unknown = [r.path for r in completed if r.sha256 is None and r.git_oid is None]
-    if unknown:
-        raise DownloadFailed(
-            model=entry.name,
-            code=ErrorCode.NET_SERVER_ERROR,
-            reason=f"the Hub at {access.endpoint or 'huggingface.co'} describes no size or "
-            f"hash for {', '.join(unknown[:3])}",
-            remedy="Use an endpoint that serves file metadata (unset hf_endpoint / "
-            "GENVISOR_HF_ENDPOINT), then pull again",
-            file=unknown[0],
-        )
-    return completed
-
-
-def _record_of(f: RepoFile) -> FileRecord:
-    lfs = f.lfs
-    return FileRecord(
-        path=f.path,
-        size=f.size,
-        sha256=lfs.sha256 if lfs is not None else None,
-        git_oid=None if lfs is not None else f.blob_id,
-    )
 
 
 def _check_disk(plan: PullPlan, store: ModelStore, access: HubAccess) -> None:
