@@ -13,6 +13,8 @@ Served (repo id `org/name`, revision `main` or the commit):
 or LFS hash), as some mirrors do; the tree and paths-info APIs still describe each file.
 `HubServer.siblings = False` answers it with no file list at all (the tree API lists them);
 `HubServer.paths_info = False` has no paths-info route (404), as older mirrors.
+`HubServer.redirect_lfs = True` answers an LFS file's resolve with a 302 to `/cdn/{sha256}`
+(the metadata headers on the redirect), as the Hub sends it to its storage.
 Faults (`HubServer.add_fault`): drop the connection mid-file, an HTTP status (500, 503, 404,
 401/403 gated with the Hub's X-Error-Code headers), a delay, wrong bytes; each for N requests.
 """
@@ -80,7 +82,7 @@ class HubFile:
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
     method: str
-    kind: str  # "api" or "resolve"
+    kind: str  # "api", "resolve" (the file's bytes, also at the CDN) or "redirect" (a 302)
     path: str
     status: int
     range: str | None
@@ -129,6 +131,9 @@ class HubServer:
         self.file_metadata = True
         self.siblings = True
         self.paths_info = True
+        # True: an LFS file's resolve answers 302 to `/cdn/{sha256}`, as the Hub redirects to
+        # its storage (the metadata headers ride on the redirect).
+        self.redirect_lfs = False
         self.requests: list[RequestRecord] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -140,6 +145,10 @@ class HubServer:
     def endpoint(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def storage_endpoint(self) -> str:
+        return f"http://localhost:{self._server.server_address[1]}"
 
     def __enter__(self) -> HubServer:
         self._thread.start()
@@ -160,6 +169,7 @@ class HubServer:
             self.requests.clear()
             self.gated = False
             self.file_metadata = self.siblings = self.paths_info = True
+            self.redirect_lfs = False
 
     def gets(self, path_glob: str = "*") -> list[str]:
         """File paths of the GET /resolve requests seen, in order (one per request)."""
@@ -219,6 +229,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._api(method, parts[4:], parse_qs(url.query))
         elif parts[:3] == [owner, name, "resolve"] and len(parts) >= 5:
             self._resolve(method, parts[3], "/".join(parts[4:]))
+        elif parts[:1] == ["cdn"] and len(parts) == 2:
+            self._cdn(method, parts[1])
         else:
             self._error(404, "RepoNotFound", "Repository not found", "api", method, url.path)
 
@@ -332,27 +344,54 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _resolve(self, method: str, rev: str, path: str) -> None:
         repo = self.server_hub.repo
         self._pending_fault: Fault | None = None
-        if self._fault(method, "resolve", path):
+        f = repo.files.get(path)
+        redirected = f is not None and f.lfs and self.server_hub.redirect_lfs
+        # A redirected file's faults (and gating) happen where its bytes are: at the CDN.
+        if not redirected and self._fault(method, "resolve", path):
             return
         if not self._revision_ok(rev, "resolve", method):
             return
-        f = repo.files.get(path)
         if f is None:
             self._error(404, "EntryNotFound", "Entry not found", "resolve", method, path,
                         {"X-Repo-Commit": repo.commit})  # fmt: skip
             return
+        if redirected:
+            # As the Hub does: the LFS file's metadata on a redirect to its storage (a CDN).
+            cdn = {
+                "X-Repo-Commit": repo.commit,
+                "ETag": f'"{f.git_oid}"',
+                "X-Linked-Etag": f'"{f.sha256}"',
+                "X-Linked-Size": str(len(f.data)),
+                # Another host name for this server: the client treats it as storage off the
+                # Hub (it does not follow it for metadata, and sends it no token).
+                "Location": f"{self.server_hub.storage_endpoint}/cdn/{f.sha256}",
+            }
+            self._send(302, b"", cdn, "redirect", method, path)
+            return
+        self._serve(method, path, f, {"X-Repo-Commit": repo.commit, "ETag": f'"{f.git_oid}"'})
+
+    def _cdn(self, method: str, sha256: str) -> None:
+        f = next((f for f in self.server_hub.repo.files.values() if f.sha256 == sha256), None)
+        if f is None:
+            self._send(404, b"", {}, "cdn", method, sha256)
+            return
+        self._pending_fault = None
+        if self._fault(method, "resolve", f.path):
+            return
+        self._serve(method, f.path, f, {"ETag": f'"{sha256}"'})
+
+    def _serve(self, method: str, path: str, f: HubFile, headers: dict[str, str]) -> None:
         data = f.data
         fault = self._pending_fault
         if fault is not None and fault.kind is FaultKind.WRONG_BYTES and method == "GET":
             middle = len(data) // 2
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
         headers = {
-            "X-Repo-Commit": repo.commit,
-            "ETag": f'"{f.git_oid}"',
+            **headers,
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
         }
-        if f.lfs:
+        if f.lfs and "X-Repo-Commit" in headers:
             headers["X-Linked-Etag"] = f'"{f.sha256}"'
             headers["X-Linked-Size"] = str(len(data))
         status, start, end = 200, 0, len(data)

@@ -176,3 +176,21 @@ def test_a_mirror_whose_model_info_lists_no_files_is_read_from_the_tree(
     assert plan_pull(entry, store, access(hub)).files == listed
     result = pull_model(entry, store, access(hub))
     assert (result.path / BIG).read_bytes() == hub.repo.files[BIG].data
+
+
+def test_a_hub_that_redirects_lfs_files_to_its_storage(
+    hub: HubServer, store: ModelStore, entry: ModelEntry
+) -> None:
+    """The Hub answers an LFS file's resolve with a 302 to its storage, the hash and size on
+    the redirect's headers; a transfer cut there resumes there with a Range request."""
+    hub.redirect_lfs = True
+    hub.add_fault(Fault(FaultKind.DROP, BIG, "GET", times=1, drop_after=11 * 1024 * 1024))
+    result = pull_model(entry, store, access(hub))
+    redirects = {r.path for r in hub.requests if r.kind == "redirect"}
+    assert BIG in redirects
+    assert all(hub.repo.files[p].lfs for p in redirects)
+    resumed = [r for r in hub.requests if r.path == BIG and r.status == 206]
+    assert [r.range for r in resumed] == ["bytes=10485760-"]
+    manifest = read_manifest(store.home, entry.name)
+    assert manifest is not None
+    assert verify_model_dir(result.path, manifest, deep=True).ok
