@@ -314,3 +314,14 @@ def test_texts_of_programs_no_rule_knows_get_a_guess_that_says_so(
     assert verdict.rule.startswith(WORD_RULE_PREFIX)
     assert main(["explain", text]) == 0
     assert "judged from the words it uses (words: " in capsys.readouterr().out
+
+
+def test_torchrun_rank_prefixes_are_read_through() -> None:
+    text = (
+        '[rank0]:   File "/x/pipeline.py", line 51, in forward\n'
+        "[rank0]:     x = torch.empty(10**13)\n"
+        "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
+    report = report_from_text(text)
+    assert report.exc_type == "torch.OutOfMemoryError"
+    assert default_categorizer().categorize(report).code is ErrorCode.VRAM_EXHAUSTED

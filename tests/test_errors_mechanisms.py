@@ -91,6 +91,33 @@ def _case(source: str) -> dict[str, str]:
         ("https://github.com/ggml-org/llama.cpp/issues/8246", ErrorCode.PIPELINE_FAILED),
         # kohya: "Please verify arguments".
         ("https://github.com/bmaltais/kohya_ss/issues/3374", ErrorCode.INPUT_INVALID),
+        # safetensors' IoError(Os { code: 1224 }) on Windows: a file mapped by another process.
+        ("https://github.com/bmaltais/kohya_ss/issues/2466", ErrorCode.FS_IN_USE),
+        # An error of the ffmpeg subprocess, and a broken pipe to it.
+        (
+            "https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite/issues/267",
+            ErrorCode.PIPELINE_FAILED,
+        ),
+        (
+            "https://github.com/Kosinkadink/ComfyUI-VideoHelperSuite/issues/35",
+            ErrorCode.PIPELINE_FAILED,
+        ),
+        # EMFILE: the process's limit of open files.
+        (
+            "https://github.com/WZMIAOMIAO/deep-learning-for-image-processing/issues/845",
+            ErrorCode.SYSTEM_TOO_MANY_OPEN_FILES,
+        ),
+        # uvicorn's bind refused with WinError 10013: a port Windows reserves or another holds.
+        (
+            "https://github.com/YanWenKun/Hunyuan3D-2-WinPortable/issues/18",
+            ErrorCode.CONFIG_PORT_IN_USE,
+        ),
+        # A shell's segmentation fault in Spanish.
+        ("https://github.com/Comfy-Org/ComfyUI/issues/9837", ErrorCode.WORKER_CRASHED),
+        # torch's data loader received no file descriptors: the open-files limit.
+        ("https://github.com/lzccccc/SMOKE/issues/21", ErrorCode.SYSTEM_RESOURCE_LIMIT),
+        # requests' ProxyError, whatever errno its cause carries.
+        ("https://github.com/AILab-CVC/YOLO-World/issues/521", ErrorCode.NET_OFFLINE),
     ],
 )
 def test_mechanisms_on_the_texts_they_were_written_from(source: str, code: ErrorCode) -> None:

@@ -42,7 +42,7 @@ ERRNO_CODES: dict[int, ErrorCode] = {
     **dict.fromkeys(_errnos("EROFS"), ErrorCode.FS_READ_ONLY),
     **dict.fromkeys(_errnos("ENOENT"), ErrorCode.FS_NOT_FOUND),
     **dict.fromkeys(_errnos("EEXIST", "ENOTDIR", "EISDIR"), ErrorCode.FS_PATH_CONFLICT),
-    **dict.fromkeys(_errnos("EMFILE", "ENFILE"), ErrorCode.FS_TOO_MANY_OPEN_FILES),
+    **dict.fromkeys(_errnos("EMFILE", "ENFILE"), ErrorCode.SYSTEM_TOO_MANY_OPEN_FILES),
     **dict.fromkeys(_errnos("EIO"), ErrorCode.FS_IO_ERROR),
     **dict.fromkeys(_errnos("ENAMETOOLONG"), ErrorCode.FS_NAME_TOO_LONG),
     **dict.fromkeys(_errnos("EBUSY", "ETXTBSY"), ErrorCode.FS_IN_USE),
@@ -59,7 +59,7 @@ ERRNO_CODES: dict[int, ErrorCode] = {
 WINERROR_CODES: dict[int, ErrorCode] = {
     2: ErrorCode.FS_NOT_FOUND,  # ERROR_FILE_NOT_FOUND
     3: ErrorCode.FS_NOT_FOUND,  # ERROR_PATH_NOT_FOUND
-    4: ErrorCode.FS_TOO_MANY_OPEN_FILES,  # ERROR_TOO_MANY_OPEN_FILES
+    4: ErrorCode.SYSTEM_TOO_MANY_OPEN_FILES,  # ERROR_TOO_MANY_OPEN_FILES
     5: ErrorCode.FS_PERMISSION,  # ERROR_ACCESS_DENIED
     8: ErrorCode.SYSTEM_HOST_MEMORY,  # ERROR_NOT_ENOUGH_MEMORY
     14: ErrorCode.SYSTEM_HOST_MEMORY,  # ERROR_OUTOFMEMORY
@@ -91,6 +91,8 @@ WINERROR_CODES: dict[int, ErrorCode] = {
     1450: ErrorCode.SYSTEM_RESOURCE_LIMIT,  # ERROR_NO_SYSTEM_RESOURCES
     1455: ErrorCode.SYSTEM_HOST_MEMORY,  # ERROR_COMMITMENT_LIMIT (paging file too small)
     1920: ErrorCode.FS_PERMISSION,  # ERROR_CANT_ACCESS_FILE
+    # WSAEACCES: on a bind, a port Windows reserves (an excluded range) or another holds.
+    10013: ErrorCode.CONFIG_PORT_IN_USE,
     10048: ErrorCode.CONFIG_PORT_IN_USE,  # WSAEADDRINUSE
     10050: ErrorCode.NET_OFFLINE,  # WSAENETDOWN
     10051: ErrorCode.NET_OFFLINE,  # WSAENETUNREACH
@@ -122,6 +124,9 @@ _POSIX_LAST = 133  # the highest errno Linux defines
 # `[WinError 32]`, and Python 2's `WindowsError: [Error 32]` (old tools still print it).
 _WINERROR_RE = re.compile(r"\[winerror (\d+)\]|windowserror: \[error (\d+)\]")
 _ERRNO_RE = re.compile(r"\[errno (-?\d+)\]|\(?errno (\d+)\)?|\(os error (\d+)\)")
+# Rust's std::io::Error, displayed (`(os error 5)`) or debug-printed (`Os { code: 5, ... }`): the
+# platform's own number.
+_RUST_OS_RE = re.compile(r"\(os error (\d+)\)|\bos \{ code: (\d+)")
 _WINDOWS_PATH_RE = re.compile(r"(?<![\w])[A-Za-z]:\\\\?\w")
 # The repr of a builtin OSError (sub)class: `ConnectionResetError(10054, '...'`.
 _REPR_RE = re.compile(
@@ -151,7 +156,8 @@ def os_error_code(report: ErrorReport, lowered: str) -> tuple[ErrorCode, str] | 
     number = _number(report, lowered)
     if number is None:
         return None
-    rust_on_windows = "os error" in lowered and (number > _POSIX_LAST or _on_windows(report))
+    rust = "os error" in lowered or "os { code" in lowered
+    rust_on_windows = rust and (number > _POSIX_LAST or _on_windows(report))
     if number >= _WSA_FIRST or rust_on_windows:
         code = WINERROR_CODES.get(number)
         return (code, f"winerror:{number}") if code is not None else None
@@ -169,9 +175,9 @@ def _on_windows(report: ErrorReport) -> bool:
 
 def _number(report: ErrorReport, lowered: str) -> int | None:
     number = errno_of(report, lowered)
-    if number is None and "os error" in lowered:
-        found = _ERRNO_RE.search(lowered)
-        number = int(found.group(3)) if found and found.group(3) else None
+    if number is None and ("os error" in lowered or "os { code" in lowered):
+        found = _RUST_OS_RE.search(lowered)
+        number = int(found.group(1) or found.group(2)) if found else None
     if number is None and "error(" in lowered:
         found = _REPR_RE.search(lowered)
         number = int(found.group(1)) if found else None

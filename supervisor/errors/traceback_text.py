@@ -39,6 +39,9 @@ _CHAIN_MARKERS = (
     "During handling of the above exception, another exception occurred:",
 )
 _ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]")
+# The prefix torch.distributed (torchrun) puts on each line of a rank's output: `[rank0]: `,
+# older `[default0]:`. Without it the lines are a plain traceback.
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]: ?", re.MULTILINE)
 _MAX_BLOCK_LINES = 40
 
 
@@ -67,6 +70,8 @@ def last_exception_text(text: str) -> str:
 
 def report_from_text(text: str, **fields: object) -> ErrorReport:
     """An ErrorReport from pasted error text; `[Errno N]` in the message becomes its errno."""
+    if "]:" in text:
+        text = _RANK_PREFIX.sub("", text)
     block = last_exception_text(text)
     base = ErrorReport.from_text(block[:MAX_MESSAGE_CHARS] or text.strip()[:MAX_MESSAGE_CHARS])
     number = base.errno

@@ -69,6 +69,15 @@ def _by_errno(report: ErrorReport, lowered: str) -> ErrorCode | None:
     return code
 
 
+def _by_io_underneath(report: ErrorReport, lowered: str) -> ErrorCode | None:
+    """A library error that wraps the OS's (safetensors' `IoError(Os { code: 1224, ... })` while
+    writing a file): the OS number decides; without one, the library's own rule does."""
+    if "ioerror" not in lowered and "io error" not in lowered:
+        return None
+    found = os_error_code(report, lowered)
+    return found[0] if found is not None else None
+
+
 # The innermost frame of a traceback in one of the libraries that open connections.
 _NETWORK_FRAME = re.compile(
     r"[/\\](?:ssl|socket)\.py|urllib3[/\\]|http[/\\]client\.py|httpcore[/\\]|httpx[/\\]"
@@ -227,7 +236,11 @@ def default_type_rules() -> TypeRuleTable:
             "safetensors_rust.SafetensorError",
             "safetensors._safetensors_rust.SafetensorError",
         ],
-        TypeRule(code.MODEL_CORRUPTED, within=frozenset({Category.MODEL_LOADING})),
+        TypeRule(
+            code.MODEL_CORRUPTED,
+            within=frozenset({Category.MODEL_LOADING}),
+            handler=_by_io_underneath,
+        ),
     )
 
     timeouts = [
@@ -242,6 +255,8 @@ def default_type_rules() -> TypeRuleTable:
         "httpx.ConnectError", "httpx.NetworkError", "requests.exceptions.ConnectionError",
         "urllib3.exceptions.MaxRetryError", "urllib3.exceptions.NewConnectionError",
         "urllib3.exceptions.NameResolutionError", "socket.gaierror",
+        # A proxy that could not be reached (or a proxy setting that names nothing).
+        "requests.exceptions.ProxyError", "urllib3.exceptions.ProxyError",
     ]  # fmt: skip
     t.add(unreachable, TypeRule(code.NET_OFFLINE, within=net))
     t.add(["ConnectionError"], TypeRule(code.NET_OFFLINE, within=net), bare=False)
