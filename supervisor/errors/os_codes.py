@@ -123,9 +123,9 @@ _WSA_FIRST = 10000
 _POSIX_LAST = 133  # the highest errno Linux defines
 # `[WinError 32]`, and Python 2's `WindowsError: [Error 32]` (old tools still print it).
 _WINERROR_RE = re.compile(r"\[winerror (\d+)\]|windowserror: \[error (\d+)\]")
-_ERRNO_RE = re.compile(r"\[errno (-?\d+)\]|\(?errno (\d+)\)?|\(os error (\d+)\)")
+_ERRNO_RE = re.compile(r"\[errno (-?\d+)\]|\(?errno (\d+)\)?")
 # Rust's std::io::Error, displayed (`(os error 5)`) or debug-printed (`Os { code: 5, ... }`): the
-# platform's own number.
+# platform's own number (see `_says_rust_os_error`).
 _RUST_OS_RE = re.compile(r"\(os error (\d+)\)|\bos \{ code: (\d+)")
 _WINDOWS_PATH_RE = re.compile(r"(?<![\w])[A-Za-z]:\\\\?\w")
 # The repr of a builtin OSError (sub)class: `ConnectionResetError(10054, '...'`.
@@ -156,13 +156,16 @@ def os_error_code(report: ErrorReport, lowered: str) -> tuple[ErrorCode, str] | 
     number = _number(report, lowered)
     if number is None:
         return None
-    rust = "os error" in lowered or "os { code" in lowered
-    rust_on_windows = rust and (number > _POSIX_LAST or _on_windows(report))
+    rust_on_windows = _says_rust_os_error(lowered) and (number > _POSIX_LAST or _on_windows(report))
     if number >= _WSA_FIRST or rust_on_windows:
         code = WINERROR_CODES.get(number)
         return (code, f"winerror:{number}") if code is not None else None
     code = ERRNO_CODES.get(number)
     return (code, f"errno:{number}") if code is not None else None
+
+
+def _says_rust_os_error(lowered: str) -> bool:
+    return "os error" in lowered or "os { code" in lowered
 
 
 def _on_windows(report: ErrorReport) -> bool:
@@ -175,7 +178,7 @@ def _on_windows(report: ErrorReport) -> bool:
 
 def _number(report: ErrorReport, lowered: str) -> int | None:
     number = errno_of(report, lowered)
-    if number is None and ("os error" in lowered or "os { code" in lowered):
+    if number is None and _says_rust_os_error(lowered):
         found = _RUST_OS_RE.search(lowered)
         number = int(found.group(1) or found.group(2)) if found else None
     if number is None and "error(" in lowered:
